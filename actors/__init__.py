@@ -1,0 +1,1 @@
+"""The actor processes: ToolActor and ChatActor, each owning one inference engine."""

@@ -1,0 +1,74 @@
+"""``python -m actors {tool,chat} [--config PATH]``: run one actor until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from typing import Literal
+
+from actors.chat import ChatWorker
+from actors.engines import build_engine
+from actors.service import ActorService
+from actors.tool import ToolWorker
+from bus.codec import Codec
+from bus.connect import connect
+from bus.logs import setup_logging
+from configs import ConfigError, load_config
+from configs.schema import Config
+
+
+async def _run(config: Config, kind: Literal["tool", "chat"]) -> int:
+    log = setup_logging(config.log.level, config.log.format, kind)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    actor_id = f"{kind}-{uuid.uuid4().hex[:10]}"
+    engine = build_engine(config, kind)
+    worker = ToolWorker(config.tool, engine) if kind == "tool" else ChatWorker(config.chat, engine)
+    nc = await connect(config.bus, name=f"yap-{actor_id}", log=log)
+    async with ActorService(
+        config=config.actor,
+        actor_id=actor_id,
+        engine=engine,
+        worker=worker,
+        nc=nc,
+        codec=Codec(),
+        log=log,
+    ) as service:
+        fatal = asyncio.create_task(service.fatal.wait())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        fatal.cancel()
+        stopped.cancel()
+        log.info(
+            "%s actor stopping (%s)", kind, "engine dead" if service.fatal.is_set() else "signal"
+        )
+        return 1 if service.fatal.is_set() else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m actors", description=__doc__)
+    parser.add_argument("kind", choices=["tool", "chat"])
+    parser.add_argument("--config", help="TOML deployment file (default: the CPU config)")
+    args = parser.parse_args()
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as exc:
+        sys.exit(f"actors: {exc}")
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        sys.exit(runner.run(_run(config, args.kind)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""ChatActor's worker: persona, history and utterance in, a streamed reply out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from actors.emitter import TurnEmitter
+from actors.engines.base import Engine, EngineOutput, SamplingSpec
+from actors.prompts.chat import build_chat_prompt, history_warm_prompt, persona_warm_prompt
+from actors.prompts.persona import compose_persona
+from bus.events import ChatStart, ToolStart, Warm, Warmed, request_id
+from configs.schema import ChatConfig
+
+__all__ = ["ChatWorker"]
+
+
+class ChatWorker:
+    kind = "chat"
+
+    def __init__(self, config: ChatConfig, engine: Engine) -> None:
+        self._config = config
+        self._engine = engine
+
+    def _sampling(self, seed: int | None) -> SamplingSpec:
+        sampling = self._config.sampling
+        return SamplingSpec(
+            max_tokens=self._config.max_out,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
+            stop=sampling.stop,
+            seed=seed,
+        )
+
+    async def run_turn(self, event: ToolStart | ChatStart, emit: TurnEmitter) -> None:
+        assert isinstance(event, ChatStart)
+        config = self._config
+        prompt = build_chat_prompt(
+            self._engine.tokenizer,
+            persona_text=compose_persona(event.persona),
+            history_text=event.history_text,
+            user_utterance=event.user_utterance,
+            history_max_tokens=config.history_max_tokens,
+            user_utt_max_tokens=config.user_utt_max_tokens,
+        )
+        rid = request_id("chat", event.session_id, event.turn_id)
+        last: EngineOutput | None = None
+        try:
+            async for output in self._engine.generate(
+                prompt.text, self._sampling(event.seed), rid, priority=config.priority
+            ):
+                last = output
+                if output.text:
+                    await emit.token(output.text)
+        except asyncio.CancelledError:
+            await self._engine.abort(rid)
+            raise
+        reason = last.finish_reason if last is not None else "stop"
+        await emit.done(
+            "cancelled" if reason == "abort" else ("length" if reason == "length" else "stop"),
+            prompt_tokens=last.prompt_tokens if last else 0,
+            completion_tokens=last.completion_tokens if last else 0,
+            cached_tokens=last.cached_tokens if last else 0,
+        )
+
+    async def warm(self, event: Warm) -> Warmed:
+        tokenizer = self._engine.tokenizer
+        persona_text = compose_persona(event.persona)
+        if event.segment == "persona":
+            prompt = persona_warm_prompt(tokenizer, persona_text)
+            size = len(persona_text.encode())
+        else:
+            prompt = history_warm_prompt(
+                tokenizer, persona_text, event.history_text, self._config.history_max_tokens
+            )
+            size = len(event.history_text.encode())
+        tokens = await self._engine.warm(prompt)
+        return Warmed(event.session_id, event.turn_id, event.segment, size, tokens)

@@ -1,0 +1,121 @@
+"""The one small interface every inference engine implements.
+
+It is shaped after vLLM's ``AsyncLLM``: ``generate`` takes a caller-given request id
+and yields text deltas; ``abort`` of that id is idempotent and ends the stream with
+a final output whose ``finish_reason`` is ``"abort"``; cancelling the consuming task
+aborts the request too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import msgspec
+
+__all__ = [
+    "Engine",
+    "EngineDeadError",
+    "EngineError",
+    "EngineOutput",
+    "EngineRequestError",
+    "FinishReason",
+    "SamplingSpec",
+    "Tokenizer",
+]
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+class EngineError(Exception):
+    """Root of the engine errors."""
+
+
+class EngineDeadError(EngineError):
+    """The engine cannot serve any more requests; the actor process must stop."""
+
+
+class EngineRequestError(EngineError):
+    """One request failed (bad input, say); the engine keeps serving others."""
+
+
+class SamplingSpec(msgspec.Struct, frozen=True, kw_only=True):
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class EngineOutput(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One step of a request: the new text since the last output.
+
+    Token counts are cumulative; ``finish_reason`` is set on the last output only.
+    """
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """The part of a Hugging Face tokenizer the actors use for prompts and trimming."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, str]],
+        *,
+        tokenize: bool = ...,
+        add_generation_prompt: bool = ...,
+    ) -> str: ...
+
+
+class Engine(Protocol):
+    """An inference engine owned by one actor process."""
+
+    model_id: str
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    async def start(self) -> None:
+        """Load the model; returns when the engine can serve."""
+
+    def generate(
+        self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
+    ) -> AsyncIterator[EngineOutput]:
+        """Stream deltas for ``prompt``; the last output has a ``finish_reason``.
+
+        Raises:
+            EngineRequestError: this request failed; others are unaffected.
+            EngineDeadError: the engine is gone.
+        """
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop ``request_id`` if it is running; unknown or finished ids are ignored."""
+
+    async def warm(self, prompt: str) -> int:
+        """Prime the prefix cache with ``prompt``; returns its length in tokens."""
+        ...
+
+    def running(self) -> int:
+        """How many requests are generating now (0 once the system is idle)."""
+        ...
+
+    async def close(self) -> None:
+        """Abort everything and release the model."""

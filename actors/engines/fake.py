@@ -1,0 +1,143 @@
+"""A deterministic engine for unit and integration tests; never a product default.
+
+Its "model" is a script: the tool prompt gets a Hammer-style answer (a call when the
+utterance mentions the screen, ``[]`` otherwise), the chat prompt gets the words
+of a fixed reply, one word per step at ``bench_tokens_per_s``. Tests read
+``running()`` and ``aborted`` to prove requests really stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from actors.engines.base import EngineOutput, EngineRequestError, SamplingSpec
+from configs.schema import EngineConfig
+
+__all__ = ["FakeEngine", "FakeTokenizer"]
+
+TOOL_YES = '[{"name": "take_screenshot", "arguments": {}}]'
+TOOL_NO = "[]"
+# Markers a test puts in an utterance to steer the script.
+SCREEN_WORDS = ("screen", "screenshot", "look at this")
+FAIL_MARKER = "[[fail]]"
+LONG_MARKER = "[[long]]"
+
+
+class FakeTokenizer:
+    """One token per character: exact, reversible, no files."""
+
+    eos_token_id = 0
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ord(ch) for ch in text]
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(i) for i in token_ids)
+
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, str]],
+        *,
+        tokenize: bool = False,
+        add_generation_prompt: bool = False,
+    ) -> str:
+        parts = [f"<|{m['role']}|>\n{m['content']}\n" for m in conversation]
+        if add_generation_prompt:
+            parts.append("<|assistant|>\n")
+        return "".join(parts)
+
+
+class FakeEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.model_id = f"fake:{config.model}"
+        self._step_s = 1.0 / config.bench_tokens_per_s if config.bench_tokens_per_s > 0 else 0.0
+        self._tokenizer = FakeTokenizer()
+        self._running: dict[str, asyncio.Event] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.aborted: list[str] = []
+        self.warmed: list[str] = []
+        self.prompts: list[str] = []
+
+    @property
+    def tokenizer(self) -> FakeTokenizer:
+        return self._tokenizer
+
+    async def start(self) -> None:
+        return None
+
+    def running(self) -> int:
+        return len(self._running)
+
+    async def generate(
+        self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
+    ) -> AsyncIterator[EngineOutput]:
+        if request_id in self._running:
+            raise EngineRequestError(f"request id {request_id!r} is already running")
+        if FAIL_MARKER in prompt:
+            raise EngineRequestError("scripted failure")
+        self.prompts.append(prompt)
+        aborted = asyncio.Event()
+        self._running[request_id] = aborted
+        self._idle.clear()
+        pieces = self._script(prompt, sampling)
+        prompt_tokens = len(prompt)
+        try:
+            for count, piece in enumerate(pieces[: sampling.max_tokens], start=1):
+                if self._step_s:
+                    await asyncio.sleep(self._step_s)
+                else:
+                    await asyncio.sleep(0)
+                if aborted.is_set():
+                    yield EngineOutput(
+                        text="",
+                        finish_reason="abort",
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=count - 1,
+                    )
+                    return
+                last = count == min(len(pieces), sampling.max_tokens)
+                reason = None
+                if last:
+                    reason = "stop" if len(pieces) <= sampling.max_tokens else "length"
+                yield EngineOutput(
+                    text=piece,
+                    finish_reason=reason,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=count,
+                )
+        except asyncio.CancelledError:
+            self.aborted.append(request_id)
+            raise
+        finally:
+            self._running.pop(request_id, None)
+            if not self._running:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is running (tests bound it with a timeout)."""
+        await self._idle.wait()
+
+    async def abort(self, request_id: str) -> None:
+        event = self._running.get(request_id)
+        if event is not None and not event.is_set():
+            event.set()
+            self.aborted.append(request_id)
+
+    async def warm(self, prompt: str) -> int:
+        self.warmed.append(prompt)
+        return len(prompt)
+
+    async def close(self) -> None:
+        for request_id in list(self._running):
+            await self.abort(request_id)
+
+    @staticmethod
+    def _script(prompt: str, sampling: SamplingSpec) -> list[str]:
+        if "[BEGIN OF TASK INSTRUCTION]" in prompt:
+            tail = prompt.rsplit("[BEGIN OF QUERY]", 1)[-1].lower()
+            answer = TOOL_YES if any(w in tail for w in SCREEN_WORDS) else TOOL_NO
+            return [answer[i : i + 4] for i in range(0, len(answer), 4)]
+        words = 400 if LONG_MARKER in prompt else 12
+        return [f"word{i} " for i in range(words - 1)] + ["end."]

@@ -1,0 +1,318 @@
+"""The part every actor shares: bus subscriptions, the turn table, heartbeats, drain.
+
+``ActorService`` is an async context manager around one engine and one worker (the
+kind-specific prompt and output logic). Each handler is an error boundary: a bad
+payload or a failed turn becomes an error event and serving goes on; only a dead
+engine stops the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from types import TracebackType
+from typing import Protocol
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from actors.emitter import TurnEmitter
+from actors.engines.base import Engine, EngineDeadError, EngineRequestError
+from bus import subjects
+from bus.codec import BusDecodeError, Codec
+from bus.events import (
+    Accepted,
+    ActorKind,
+    Cancel,
+    ChatStart,
+    Heartbeat,
+    Rejected,
+    ToolStart,
+    Warm,
+    Warmed,
+)
+from configs.schema import ActorConfig
+
+__all__ = ["ActorService", "Worker"]
+
+_TOMBSTONES = 4096  # cancels remembered for turns whose start has not arrived yet
+
+
+class Worker(Protocol):
+    """The kind-specific half of an actor."""
+
+    kind: ActorKind
+
+    async def run_turn(self, event: ToolStart | ChatStart, emit: TurnEmitter) -> None:
+        """Generate and publish the leg's events, ending with ``emit.done``.
+
+        On ``CancelledError`` it aborts its engine request and re-raises; the service
+        publishes the cancelled ``Done``.
+        """
+        ...
+
+    async def warm(self, event: Warm) -> Warmed: ...
+
+
+class ActorService:
+    def __init__(
+        self,
+        *,
+        config: ActorConfig,
+        actor_id: str,
+        engine: Engine,
+        worker: Worker,
+        nc: NatsClient,
+        codec: Codec,
+        log: logging.Logger,
+    ) -> None:
+        self.actor_id = actor_id
+        self.kind = worker.kind
+        self.engine = engine
+        self._config = config
+        self._worker = worker
+        self._nc = nc
+        self._codec = codec
+        self._log = logging.LoggerAdapter(log, {"actor_id": actor_id})
+        self._turns: dict[str, asyncio.Task[None]] = {}
+        self._tombstones: OrderedDict[str, None] = OrderedDict()
+        self._start_subs: list[Subscription] = []
+        self._subs: list[Subscription] = []
+        self._group = asyncio.TaskGroup()
+        self._background: set[asyncio.Task[None]] = set()  # heartbeats and warms
+        self._ready = False
+        self._draining = False
+        self.fatal = asyncio.Event()  # set when the engine is dead
+
+    @property
+    def running(self) -> int:
+        return len(self._turns)
+
+    async def __aenter__(self) -> ActorService:
+        await self._group.__aenter__()
+        self._spawn(self._heartbeat_loop())
+        loaded = time.monotonic()
+        await self.engine.start()
+        kind = self.kind
+        start_subject = subjects.all_tool_starts() if kind == "tool" else subjects.all_chat_starts()
+        queue = subjects.QUEUE_TOOL if kind == "tool" else subjects.QUEUE_CHAT
+        self._start_subs.append(
+            await self._nc.subscribe(start_subject, queue=queue, cb=self._on_start)
+        )
+        if kind == "chat":
+            self._start_subs.append(
+                await self._nc.subscribe(subjects.all_chat_warms(), queue=queue, cb=self._on_warm)
+            )
+        self._subs.append(await self._nc.subscribe(subjects.all_cancels(), cb=self._on_cancel))
+        await self._nc.flush()
+        self._ready = True
+        await self._publish_heartbeat()
+        self._log.info(
+            "%s actor ready: model %s loaded in %.1f s",
+            kind,
+            self.engine.model_id,
+            time.monotonic() - loaded,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.drain()
+        for task in list(self._background):
+            task.cancel()
+        await self._group.__aexit__(None, None, None)
+        try:
+            await self._nc.drain()
+        except Exception as exc_:
+            self._log.warning("bus drain failed: %r", exc_)
+        await self.engine.close()
+        self._log.info("%s actor stopped", self.kind)
+
+    async def drain(self) -> None:
+        """Stop taking turns, let running ones finish for a bounded time, cancel the rest."""
+        if self._draining:
+            return
+        self._draining = True
+        for sub in self._start_subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                self._log.debug("unsubscribe failed: %r", exc)
+        await self._publish_heartbeat()
+        pending = list(self._turns.values())
+        if pending:
+            self._log.info(
+                "draining %d turn(s) for up to %.0f s", len(pending), self._config.drain_timeout_s
+            )
+            _, still = await asyncio.wait(pending, timeout=self._config.drain_timeout_s)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=2.0)
+
+    # --- handlers -------------------------------------------------------------
+
+    async def _on_start(self, msg: Msg) -> None:
+        try:
+            event = self._codec.decode_inbound(msg.data)
+        except BusDecodeError as exc:
+            self._log.warning("dropped malformed start on %s: %s", msg.subject, exc)
+            await self._reply(msg, Rejected("", "", self.actor_id, "bad_request", str(exc)))
+            return
+        if not isinstance(event, ToolStart | ChatStart) or (
+            isinstance(event, ToolStart) != (self.kind == "tool")
+        ):
+            self._log.warning("dropped %s on %s", type(event).__name__, msg.subject)
+            return
+        if self._draining:
+            await self._reply(
+                msg,
+                Rejected(
+                    event.session_id,
+                    event.turn_id,
+                    self.actor_id,
+                    "actor_draining",
+                    "actor is shutting down; retry",
+                ),
+            )
+            return
+        if len(self._turns) >= self._config.max_running or event.turn_id in self._turns:
+            await self._reply(
+                msg,
+                Rejected(
+                    event.session_id,
+                    event.turn_id,
+                    self.actor_id,
+                    "actor_busy",
+                    "actor is at capacity; retry",
+                ),
+            )
+            return
+        await self._reply(msg, Accepted(event.session_id, event.turn_id, self.actor_id, self.kind))
+        emit = TurnEmitter(self._nc, self._codec, self.kind, event.session_id, event.turn_id)
+        if event.turn_id in self._tombstones:
+            # Its cancel overtook it on the bus: end it without touching the engine.
+            del self._tombstones[event.turn_id]
+            await emit.done("cancelled")
+            return
+        self._turns[event.turn_id] = self._group.create_task(self._run_turn(event, emit))
+
+    async def _run_turn(self, event: ToolStart | ChatStart, emit: TurnEmitter) -> None:
+        log = logging.LoggerAdapter(
+            self._log.logger,
+            {"actor_id": self.actor_id, "session_id": event.session_id, "turn_id": event.turn_id},
+        )
+        started = time.monotonic()
+        log.info("%s turn start", self.kind)
+        try:
+            await self._worker.run_turn(event, emit)
+        except asyncio.CancelledError:
+            log.info(
+                "%s turn cancelled after %.0f ms", self.kind, (time.monotonic() - started) * 1000
+            )
+            await emit.done("cancelled")
+            raise
+        except EngineDeadError as exc:
+            log.error("engine dead: %s", exc)
+            await emit.error("engine_dead", "the model engine stopped; retry shortly")
+            await emit.done("error")
+            self.fatal.set()
+        except EngineRequestError as exc:
+            log.warning("%s turn failed: %s", self.kind, exc)
+            await emit.error("actor_error", f"generation failed: {exc}")
+            await emit.done("error")
+        except Exception:
+            log.exception("%s turn crashed", self.kind)
+            await emit.error("internal_error", "the actor failed on this turn")
+            await emit.done("error")
+        else:
+            log.info("%s turn done in %.0f ms", self.kind, (time.monotonic() - started) * 1000)
+        finally:
+            self._turns.pop(event.turn_id, None)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            event = self._codec.decode_inbound(msg.data)
+        except BusDecodeError as exc:
+            self._log.warning("dropped malformed cancel on %s: %s", msg.subject, exc)
+            return
+        if not isinstance(event, Cancel):
+            return
+        task = self._turns.get(event.turn_id)
+        if task is not None:
+            task.cancel()
+            return
+        # Unknown turn: another actor's, already finished, or not started yet.
+        self._tombstones[event.turn_id] = None
+        while len(self._tombstones) > _TOMBSTONES:
+            self._tombstones.popitem(last=False)
+
+    async def _on_warm(self, msg: Msg) -> None:
+        try:
+            event = self._codec.decode_inbound(msg.data)
+        except BusDecodeError as exc:
+            self._log.warning("dropped malformed warm on %s: %s", msg.subject, exc)
+            return
+        if not isinstance(event, Warm):
+            return
+        self._spawn(self._warm(msg, event))
+
+    async def _warm(self, msg: Msg, event: Warm) -> None:
+        try:
+            reply: Warmed | Rejected = await self._worker.warm(event)
+        except EngineDeadError as exc:
+            self._log.error("engine dead: %s", exc)
+            reply = Rejected(
+                event.session_id,
+                event.turn_id,
+                self.actor_id,
+                "engine_dead",
+                "the model engine stopped",
+            )
+            self.fatal.set()
+        except Exception as exc:
+            self._log.warning("warm failed: %r", exc)
+            reply = Rejected(
+                event.session_id, event.turn_id, self.actor_id, "actor_error", "warming failed"
+            )
+        await self._reply(msg, reply)
+
+    # --- heartbeats -----------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._config.heartbeat_interval_s
+        while True:
+            await self._publish_heartbeat()
+            await asyncio.sleep(interval)
+
+    async def _publish_heartbeat(self) -> None:
+        beat = Heartbeat(
+            actor_id=self.actor_id,
+            kind=self.kind,
+            interval_s=self._config.heartbeat_interval_s,
+            running=self.engine.running(),
+            ready=self._ready,
+            draining=self._draining,
+        )
+        try:
+            await self._nc.publish(
+                subjects.heartbeat(self.kind, self.actor_id), self._codec.encode(beat)
+            )
+        except Exception as exc:
+            self._log.debug("heartbeat not sent: %r", exc)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = self._group.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reply(self, msg: Msg, reply: Accepted | Rejected | Warmed) -> None:
+        if msg.reply:
+            await self._nc.publish(msg.reply, self._codec.encode(reply))

@@ -1,0 +1,1 @@
+"""The contract between the edge and the actors: subjects and events on NATS."""

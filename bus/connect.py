@@ -1,0 +1,75 @@
+"""Connect to NATS the way every yap-bus process does: retry forever, reconnect forever."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoServersError
+
+from configs.schema import BusConfig
+
+__all__ = ["connect"]
+
+_MAX_BACKOFF_S = 2.0
+
+
+async def connect(config: BusConfig, name: str, log: logging.Logger) -> NatsClient:
+    """A connected client; waits (with backoff, forever) until the server is reachable.
+
+    Once connected, nats-py reconnects on its own with no attempt limit, keeps
+    subscriptions, and buffers publishes while the server is away.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("bus error: %r", exc)
+
+    client: NatsClient | None = None
+
+    async def on_disconnected() -> None:
+        if client is not None and (client.is_closed or client.is_draining):
+            return  # our own close, not an outage
+        log.warning("bus disconnected; reconnecting")
+
+    async def on_reconnected() -> None:
+        log.info("bus reconnected")
+
+    backoff = config.reconnect_wait_s
+    while True:
+        try:
+            client = await nats.connect(
+                config.url,
+                name=name,
+                user=config.user,
+                password=config.password,
+                connect_timeout=config.connect_timeout_s,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=config.reconnect_wait_s,
+                ping_interval=5,
+                max_outstanding_pings=2,
+                drain_timeout=config.drain_timeout_s,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            )
+            return client
+        except (NoServersError, OSError, TimeoutError) as exc:
+            log.warning(
+                "bus not reachable at %s (%r); retrying in %.2f s",
+                _redact(config.url),
+                exc,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+
+def _redact(url: str) -> str:
+    """A URL fit for logs: credentials removed."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

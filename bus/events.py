@@ -1,0 +1,175 @@
+"""Every message on the bus, as one tagged msgspec Struct per kind.
+
+The union aliases at the bottom are the contract: an edge decodes ``OutboundEvent``,
+an actor decodes ``InboundEvent``. All structs are ``array_like`` because msgspec
+cannot mix array-like and map-like structs in one union, and the token stream is
+hot enough to want the compact form; ``omit_defaults`` drops trailing defaults.
+Schemas evolve only by appending fields with defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "Accepted",
+    "ActorKind",
+    "Cancel",
+    "ChatStart",
+    "Done",
+    "DoneReason",
+    "Error",
+    "Event",
+    "Heartbeat",
+    "InboundEvent",
+    "OutboundEvent",
+    "Persona",
+    "Rejected",
+    "Reply",
+    "Token",
+    "ToolCall",
+    "ToolCallSpec",
+    "ToolStart",
+    "Warm",
+    "Warmed",
+    "request_id",
+]
+
+ActorKind = Literal["tool", "chat"]
+DoneReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class Event(msgspec.Struct, frozen=True, tag=True, array_like=True, omit_defaults=True):
+    """Base of every per-turn event: which session, which turn.
+
+    Not ``kw_only``: msgspec puts keyword-only fields last in the array, and the ids
+    must stay first so that new fields can be appended at the end.
+    """
+
+    session_id: str
+    turn_id: str
+
+
+class Persona(msgspec.Struct, frozen=True, kw_only=True, array_like=True, omit_defaults=True):
+    """A session's persona settings; ``persona_text`` overrides the composed persona."""
+
+    assistant_gender: Literal["woman", "man"] = "woman"
+    persona_style: str = "wholesome"
+    user_identity: Literal["woman", "man", "non-binary"] = "non-binary"
+    persona_text: str | None = None
+    now: str = ""
+
+
+# --- edge to actors -------------------------------------------------------------
+
+
+class ToolStart(Event, tag="tool_start"):
+    user_utterance: str
+    history_text: str = ""
+
+
+class ChatStart(Event, tag="chat_start"):
+    user_utterance: str
+    persona: Persona
+    history_text: str = ""
+    seed: int | None = None
+
+
+class Warm(Event, tag="warm"):
+    """Prime the chat engine's prefix cache; ``turn_id`` names this warm request."""
+
+    segment: Literal["persona", "history"]
+    persona: Persona
+    history_text: str = ""
+
+
+class Cancel(Event, tag="cancel"):
+    reason: str = "cancel"
+
+
+InboundEvent = ToolStart | ChatStart | Warm | Cancel
+
+
+# --- replies to a start (NATS request/reply) ------------------------------------
+
+
+class Accepted(Event, tag="accepted"):
+    actor_id: str
+    kind: ActorKind
+
+
+class Rejected(Event, tag="rejected"):
+    actor_id: str
+    code: str
+    message: str
+
+
+# --- actors to edge -------------------------------------------------------------
+
+
+class ToolCallSpec(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    name: str
+    arguments: dict[str, object] = {}
+
+
+class ToolCall(Event, tag="toolcall"):
+    seq: int
+    status: Literal["yes", "no"]
+    raw: str
+    calls: tuple[ToolCallSpec, ...] = ()
+
+
+class Token(Event, tag="token", gc=False):
+    seq: int
+    text: str
+
+
+class Done(Event, tag="done"):
+    """The last event of one actor's part of a turn, whatever happened."""
+
+    seq: int
+    kind: ActorKind
+    reason: DoneReason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Error(Event, tag="error"):
+    seq: int
+    kind: ActorKind
+    code: str
+    message: str
+
+
+class Warmed(Event, tag="warmed"):
+    segment: Literal["persona", "history"]
+    bytes: int
+    tokens: int = 0
+
+
+OutboundEvent = ToolCall | Token | Done | Error | Warmed
+
+# Answers to a start (Accepted, Rejected) or a warm (Warmed, Rejected) request.
+Reply = Accepted | Rejected | Warmed
+
+
+# --- liveness -------------------------------------------------------------------
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, array_like=True, omit_defaults=True):
+    """Sent by every actor every ``interval_s``; the edge declares it lost after a few misses."""
+
+    actor_id: str
+    kind: ActorKind
+    interval_s: float
+    running: int = 0
+    ready: bool = True
+    draining: bool = False
+
+
+def request_id(kind: ActorKind, session_id: str, turn_id: str) -> str:
+    """The engine request id of one actor's part of a turn: one cancel maps to one request."""
+    return f"{kind}:{session_id}:{turn_id}"

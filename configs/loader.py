@@ -1,0 +1,93 @@
+"""Load a TOML deployment file and apply the seed's env var overrides.
+
+Called from entrypoints only: ``environ`` is passed in, never read here.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from configs.schema import Config
+
+__all__ = ["ENV_OVERRIDES", "ConfigError", "default_config_path", "load_config"]
+
+# env var -> the config paths it sets. Names are the original server's, so existing
+# deployment scripts keep working.
+ENV_OVERRIDES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = {
+    "YAP_API_KEY": (("edge", "api_key"),),
+    "MAX_CONCURRENT_CONNECTIONS": (("edge", "max_concurrent_connections"),),
+    "STREAM_FLUSH_MS": (("edge", "stream_flush_ms"),),
+    "YAP_EDGE_HOST": (("edge", "host"),),
+    "YAP_EDGE_PORT": (("edge", "port"),),
+    "YAP_NATS_URL": (("bus", "url"),),
+    "DEPLOY_MODELS": (("models", "deploy"),),
+    "CONCURRENT_MODEL_CALL": (("models", "concurrent_model_call"),),
+    "CHAT_MODEL": (("chat", "model"),),
+    "TOOL_MODEL": (("tool", "model"),),
+    "CHAT_MAX_OUT": (("chat", "max_out"),),
+    "HISTORY_MAX_TOKENS": (("chat", "history_max_tokens"),),
+    "USER_UTT_MAX_TOKENS": (("chat", "user_utt_max_tokens"), ("tool", "user_utt_max_tokens")),
+    "CHAT_GPU_FRAC": (("chat", "gpu_frac"),),
+    "TOOL_GPU_FRAC": (("tool", "gpu_frac"),),
+    "KV_DTYPE": (("chat", "kv_dtype"), ("tool", "kv_dtype")),
+    "QUANTIZATION": (("chat", "quantization"), ("tool", "quantization")),
+    "CHAT_MAX_LEN": (("chat", "max_len"),),
+    "YAP_LOG_LEVEL": (("log", "level"),),
+    "YAP_LOG_FORMAT": (("log", "format"),),
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key or env var at fault."""
+
+
+def default_config_path() -> Path:
+    return Path(__file__).with_name("cpu.toml")
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] = {}) -> Config:
+    """Decode ``path`` (default: the embedded CPU config), then apply env overrides.
+
+    Raises:
+        ConfigError: on unreadable TOML, an unknown key, a wrong type or a value
+            a struct rejects; the message names the key (and the env var, if any).
+    """
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+
+    applied: list[str] = []
+    for name, targets in ENV_OVERRIDES.items():
+        if name in environ:
+            applied.append(name)
+            for section, key in targets:
+                data.setdefault(section, {})[key] = _env_value(section, key, environ[name])
+    try:
+        return msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        hint = f" (env overrides in effect: {', '.join(applied)})" if applied else ""
+        raise ConfigError(f"invalid config {path}: {exc}{hint}") from exc
+
+
+def _env_value(section: str, key: str, raw: str) -> Any:
+    """Turn an env string into what the field expects; msgspec checks the rest."""
+    if (section, key) == ("models", "concurrent_model_call"):
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"CONCURRENT_MODEL_CALL must be 0 or 1, got {raw!r}")
+    if key in ("quantization",) and raw.strip().lower() in ("", "none", "auto"):
+        return None
+    return raw.strip()

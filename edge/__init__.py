@@ -1,0 +1,1 @@
+"""The WebSocket edge: speaks the Yap protocol to clients and events to the bus."""

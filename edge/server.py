@@ -1,0 +1,246 @@
+"""The edge's I/O shell: HTTP routes, the WebSocket handshake gate, shutdown.
+
+``EdgeServer`` is an async context manager: entering connects to the bus, follows
+actor heartbeats and starts listening; leaving stops accepting, lets running turns
+finish for a bounded time, closes clients with 1001 and drains the bus connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import itertools
+import json
+import logging
+import uuid
+from types import TracebackType
+
+from nats.aio.msg import Msg
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from bus import subjects
+from bus.codec import BusDecodeError, Codec
+from bus.connect import connect
+from configs.schema import Config
+from edge import errors, frames
+from edge.auth import is_authorized
+from edge.connection import ClientConnection
+from edge.frames import FrameEncoder
+from edge.protocol import ClientProtocol, ProtocolLimits
+from edge.registry import ActorRegistry
+from edge.sessions import MemorySessionStore
+from edge.state import EdgeState
+
+__all__ = ["WS_PATH", "EdgeServer"]
+
+WS_PATH = "/ws"
+
+
+class EdgeServer:
+    def __init__(self, config: Config, log: logging.Logger) -> None:
+        self._config = config
+        self._log = log
+        self._state: EdgeState | None = None
+        self._server: Server | None = None
+        self._conn_ids = itertools.count(1)
+
+    @property
+    def state(self) -> EdgeState:
+        assert self._state is not None, "EdgeServer is not running"
+        return self._state
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def __aenter__(self) -> EdgeServer:
+        config = self._config
+        edge = config.edge
+        nc = await connect(config.bus, name="yap-edge", log=self._log)
+        self._state = EdgeState(
+            config=config,
+            nc=nc,
+            codec=Codec(),
+            encoder=FrameEncoder(),
+            protocol=ClientProtocol(
+                ProtocolLimits(
+                    max_utterance_chars=edge.max_utterance_chars,
+                    max_history_chars=edge.max_history_chars,
+                    max_persona_chars=edge.max_persona_chars,
+                )
+            ),
+            sessions=MemorySessionStore(ttl_s=edge.session_ttl_s, max_sessions=edge.max_sessions),
+            registry=ActorRegistry(lost_after_s=edge.actor_lost_after_s),
+        )
+        await nc.subscribe(subjects.ALL_HEARTBEATS, cb=self._on_heartbeat)
+        self._server = await serve(
+            self._handle,
+            edge.host,
+            edge.port,
+            process_request=self._process_request,
+            max_size=edge.max_frame_bytes,
+            origins=list(edge.allowed_origins) or None,
+            server_header="yap-bus",
+        )
+        self._log.info(
+            "edge ready on ws://%s:%d%s (deploy=%s, max connections %d)",
+            edge.host,
+            self.port,
+            WS_PATH,
+            config.models.deploy,
+            config.max_connections,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        state, server = self._state, self._server
+        if state is None or server is None:
+            return
+        state.shutting_down = True
+        timeout_s = self._config.edge.shutdown_timeout_s
+        self._log.info(
+            "edge stopping: %d connection(s), waiting up to %.0f s for turns",
+            len(state.connections),
+            timeout_s,
+        )
+        server.close(close_connections=False)
+        async with asyncio.TaskGroup() as group:
+            for connection in list(state.connections):
+                group.create_task(connection.shutdown(timeout_s))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await server.wait_closed()
+        except TimeoutError:
+            self._log.warning("connections still open after %.0f s; dropping them", timeout_s)
+        try:
+            await state.nc.drain()
+        except Exception as exc:
+            self._log.warning("bus drain failed: %r", exc)
+        self._log.info("edge stopped")
+
+    # --- HTTP -----------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        state = self.state
+        if path == "/healthz":
+            healthy = state.healthy()
+            return _json(
+                connection,
+                http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                {"status": "ok" if healthy else "unavailable"},
+            )
+        if path == "/status":
+            if not is_authorized(request.path, request.headers, self._config.edge.api_key):
+                return _json(
+                    connection,
+                    http.HTTPStatus.UNAUTHORIZED,
+                    frames.error(errors.AUTHENTICATION_FAILED, _AUTH_MESSAGE),
+                )
+            return _json(connection, http.HTTPStatus.OK, self._status())
+        if path != WS_PATH:
+            return _json(connection, http.HTTPStatus.NOT_FOUND, {"error": "not found"})
+        return None  # go on with the WebSocket handshake
+
+    def _status(self) -> dict[str, object]:
+        state = self.state
+        config = self._config
+        actors: dict[str, list[dict[str, object]]] = {"tool": [], "chat": []}
+        for status in state.registry.snapshot():
+            beat = status.heartbeat
+            actors[beat.kind].append(
+                {
+                    "actor_id": beat.actor_id,
+                    "ready": beat.ready,
+                    "running": beat.running,
+                    "draining": beat.draining,
+                    "alive": state.registry.is_alive(beat.actor_id),
+                }
+            )
+        return {
+            "status": "running",
+            "healthy": state.healthy(),
+            "connections": state.capacity(),
+            "deploy_models": config.models.deploy,
+            "concurrent_model_call": config.models.concurrent_model_call,
+            "models": {
+                "chat": config.chat.model if config.models.chat else None,
+                "tool": config.tool.model if config.models.tool else None,
+            },
+            "bus": {"connected": state.nc.is_connected},
+            "actors": actors,
+            "turns": dict(state.outcomes),
+        }
+
+    # --- WebSocket ------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        state = self.state
+        conn_id = f"c{next(self._conn_ids)}-{uuid.uuid4().hex[:6]}"
+        log = logging.LoggerAdapter(self._log, {"conn_id": conn_id})
+        encode = state.encoder.encode
+        request = ws.request
+        assert request is not None
+        if not is_authorized(request.path, request.headers, self._config.edge.api_key):
+            log.info("rejected: authentication failed")
+            await ws.send(encode(frames.error(errors.AUTHENTICATION_FAILED, _AUTH_MESSAGE)))
+            await ws.close(1008, "authentication failed")
+            return
+        if state.at_capacity or state.shutting_down:
+            capacity = state.capacity()
+            log.info("rejected: at capacity (%d/%d)", capacity["active"], capacity["max"])
+            await ws.send(
+                encode(
+                    frames.error(
+                        errors.SERVER_AT_CAPACITY,
+                        f"Server is at capacity. Active connections: {capacity['active']}/"
+                        f"{capacity['max']}. Please try again later.",
+                        capacity=capacity,
+                    )
+                )
+            )
+            await ws.close(1013, "server at capacity")
+            return
+        connection = ClientConnection(state, ws, log)
+        state.connections.add(connection)
+        log.info("connected from %s (%d active)", _peer(ws), len(state.connections))
+        try:
+            await connection.serve()
+        except* Exception as group:
+            log.error("connection failed", exc_info=group)
+            await ws.close(1011, "internal error")
+        finally:
+            state.connections.discard(connection)
+            log.info("disconnected (%d active)", len(state.connections))
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            heartbeat = self.state.codec.decode_heartbeat(msg.data)
+        except BusDecodeError as exc:
+            self._log.warning("dropped malformed heartbeat: %s", exc)
+            return
+        self.state.registry.observe(heartbeat)
+
+
+_AUTH_MESSAGE = (
+    "Authentication required. Provide valid API key via 'api_key' query parameter, "
+    "'X-API-Key' header or 'Authorization: Bearer'."
+)
+
+
+def _json(connection: ServerConnection, status: http.HTTPStatus, body: object) -> Response:
+    response = connection.respond(status, json.dumps(body) + "\n")
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"

@@ -1,0 +1,155 @@
+"""Turns through the real edge, bus and actor services, with fake engines."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.support.stack import make_config, read_turn, recv_json, run_stack, start_message
+
+
+def _types(frames: list[dict]) -> list[str]:
+    return [f["type"] for f in frames]
+
+
+def _check_ordering(frames: list[dict], *, toolcall: bool) -> None:
+    types = _types(frames)
+    assert types[0] == "ack"
+    assert types[-2:] == ["final", "done"]
+    assert types.count("done") == 1
+    if toolcall:
+        assert types[1] == "toolcall"
+        assert types.count("toolcall") == 1
+    else:
+        assert "toolcall" not in types
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+async def test_full_turn_both_models(nats_server, concurrent: bool) -> None:
+    """A start yields ack, toolcall, tokens, final and done, in that order."""
+    config = make_config(nats_server.url, models={"concurrent_model_call": concurrent})
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(start_message(uuid.uuid4().hex))
+        frames = await read_turn(ws)
+    _check_ordering(frames, toolcall=True)
+    assert frames[1]["status"] == "no" and frames[1]["raw"] == []
+    text = "".join(f["text"] for f in frames if f["type"] == "token")
+    assert text.endswith("end.")
+    assert frames[-2]["normalized_text"] == " ".join(text.split())
+    assert frames[-1]["usage"]["completion_tokens"] > 0
+    assert stack.running_requests() == 0
+
+
+async def test_toolcall_yes(nats_server) -> None:
+    """An utterance about the screen gets a yes decision with the parsed call."""
+    config = make_config(nats_server.url)
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(start_message("s1", "can you look at my screen"))
+        frames = await read_turn(ws)
+    assert frames[1] == {
+        "type": "toolcall",
+        "status": "yes",
+        "raw": [{"name": "take_screenshot", "arguments": {}}],
+    }
+    assert _types(frames)[-2:] == ["final", "done"]
+
+
+async def test_chat_only_and_tool_only(nats_server) -> None:
+    """Chat-only skips the toolcall; tool-only sends it with an empty final."""
+    chat_only = make_config(nats_server.url, models={"deploy": "chat"})
+    async with run_stack(chat_only) as stack, stack.client() as ws:
+        await ws.send(start_message("s1"))
+        frames = await read_turn(ws)
+    _check_ordering(frames, toolcall=False)
+    assert frames[0]["models"]["tool"] is None
+
+    tool_only = make_config(nats_server.url, models={"deploy": "tool"})
+    async with run_stack(tool_only) as stack, stack.client() as ws:
+        await ws.send(start_message("s1"))
+        frames = await read_turn(ws)
+    assert _types(frames) == ["ack", "toolcall", "final", "done"]
+    assert frames[2]["normalized_text"] == ""
+
+
+async def test_cancel_stops_engine(nats_server) -> None:
+    """A cancel answers done cancelled and leaves no engine request running."""
+    config = make_config(nats_server.url, chat={"bench_tokens_per_s": 200})
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(start_message("s1", "[[long]] tell me a story"))
+        frames = [await recv_json(ws) for _ in range(3)]  # ack, toolcall, first token
+        assert _types(frames) == ["ack", "toolcall", "token"]
+        await ws.send(json.dumps({"type": "cancel"}))
+        while (frame := await recv_json(ws))["type"] == "token":
+            pass
+        assert frame == {"type": "done", "cancelled": True}
+        chat = stack.engines("chat")[0]
+        await stack.wait_idle()
+        assert len(chat.aborted) == 1
+        # Nothing of the cancelled turn follows its done.
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await recv_json(ws) == {"type": "pong"}
+
+
+async def test_barge_in(nats_server) -> None:
+    """A new start cancels the running turn; no frame of the old turn follows the new ack."""
+    config = make_config(nats_server.url, chat={"bench_tokens_per_s": 200})
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(start_message("s1", "[[long]] first"))
+        first_ack = await recv_json(ws)
+        while (await recv_json(ws))["type"] != "token":
+            pass
+        await ws.send(start_message("s1", "second"))
+        while (frame := await recv_json(ws))["type"] != "ack":
+            assert frame["type"] == "token"
+        assert frame["turn_id"] != first_ack["turn_id"]
+        frames = await read_turn(ws)
+        _check_ordering([frame, *frames], toolcall=True)
+        text = "".join(f["text"] for f in frames if f["type"] == "token")
+        assert len(text.split()) == 12  # the short reply only, none of the long one
+        await stack.wait_idle()
+        assert stack.engines("chat")[0].aborted
+
+
+async def test_no_actor_available(nats_server) -> None:
+    """With no chat actor running the client gets an error and a done, fast."""
+    config = make_config(nats_server.url, models={"deploy": "chat"})
+    async with run_stack(config, chats=0) as stack, stack.client() as ws:
+        await ws.send(start_message("s1"))
+        frames = await read_turn(ws, within=3)
+    assert _types(frames) == ["ack", "error", "done"]
+    assert frames[1]["error_code"] == "no_actor_available"
+
+
+async def test_session_settings_persist(nats_server) -> None:
+    """Gender is required once per session, then remembered, with the same seed."""
+    config = make_config(nats_server.url)
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(json.dumps({"type": "start", "session_id": "s9", "user_utterance": "hi"}))
+        error = await recv_json(ws)
+        assert error["type"] == "error" and error["error_code"] == "missing_field"
+        await ws.send(start_message("s9", persona_style="nerdy", assistant_gender="m"))
+        first = await read_turn(ws)
+        await ws.send(json.dumps({"type": "start", "session_id": "s9", "user_utterance": "hi"}))
+        second = await read_turn(ws)
+    assert first[0]["assistant_gender"] == second[0]["assistant_gender"] == "man"
+    assert second[0]["persona_style"] == "nerdy"
+    assert first[0]["seed"] == second[0]["seed"]
+
+
+async def test_set_persona_and_warm(nats_server) -> None:
+    """set_persona answers an ack listing what changed; warm answers warmed."""
+    config = make_config(nats_server.url)
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(start_message("s2"))
+        await read_turn(ws)
+        await ws.send(json.dumps({"type": "set_persona", "persona_style": "savage"}))
+        ack = await recv_json(ws)
+        assert ack["for"] == "set_persona" and ack["changed"] == {"persona_style": "savage"}
+        await ws.send(json.dumps({"type": "warm_persona", "persona_text": "You are Ada."}))
+        await ws.send(json.dumps({"type": "warm_history", "history_text": "user: hi"}))
+        warmed = [await recv_json(ws), await recv_json(ws)]
+        assert sorted(w["segment"] for w in warmed) == ["history", "persona"]
+        assert all(w["type"] == "warmed" and w["bytes"] > 0 for w in warmed)
+        assert len(stack.engines("chat")[0].warmed) == 2
