@@ -1,0 +1,257 @@
+"""The transformers engine on the tiny random Qwen2: streaming, stops, aborts, caching."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from actors.engines.base import (
+    EngineDeadError,
+    EngineOutput,
+    EngineRequestError,
+    SamplingSpec,
+)
+from actors.engines.transformers_engine import (
+    IncrementalDetokenizer,
+    StopMatcher,
+    TransformersEngine,
+)
+from actors.models import ensure_tiny_model
+from configs.schema import EngineConfig
+
+GREEDY = SamplingSpec(max_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Shared by every test module in the session, so the model is built once.
+    return tmp_path_factory.getbasetemp() / "tiny-models"
+
+
+@pytest.fixture
+async def engine(model_cache: Path) -> AsyncIterator[TransformersEngine]:
+    engine = TransformersEngine(EngineConfig(model="tiny-qwen2", model_cache_dir=str(model_cache)))
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+def chat(engine: TransformersEngine, text: str) -> str:
+    messages = [{"role": "user", "content": text}]
+    return engine.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+
+
+def long_prompt(engine: TransformersEngine) -> str:
+    # Greedy decoding of this prompt runs past 400 tokens without an eos.
+    return chat(engine, "tell me something nice, number 0")
+
+
+async def collect(
+    engine: TransformersEngine, prompt: str, sampling: SamplingSpec, request_id: str = "r"
+) -> list[EngineOutput]:
+    return [out async for out in engine.generate(prompt, sampling, request_id)]
+
+
+def joined(outputs: list[EngineOutput]) -> str:
+    return "".join(out.text for out in outputs)
+
+
+async def test_stream_matches_a_cache_free_reference(
+    engine: TransformersEngine, model_cache: Path
+) -> None:
+    """Greedy deltas join to the decode of the ids a plain no-cache argmax loop picks."""
+    prompt = long_prompt(engine)
+    outputs = await collect(engine, prompt, GREEDY)
+
+    model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model(model_cache))
+    ids = engine.tokenizer.encode(prompt, add_special_tokens=False)
+    generated: list[int] = []
+    with torch.inference_mode():
+        for _ in range(GREEDY.max_tokens):
+            logits = model(input_ids=torch.tensor([ids + generated])).logits
+            generated.append(int(logits[0, -1].argmax()))
+
+    assert outputs[-1].finish_reason == "length"
+    assert outputs[-1].completion_tokens == len(generated)
+    assert outputs[-1].prompt_tokens == len(ids)
+    assert all(out.finish_reason is None for out in outputs[:-1])
+    assert joined(outputs) == engine.tokenizer.decode(generated, skip_special_tokens=True)
+
+
+async def test_detokenizer_never_splits_characters(engine: TransformersEngine) -> None:
+    """Deltas of a byte-split multibyte text hold no U+FFFD and join to the full decode."""
+    tokenizer = engine.tokenizer
+    ids = tokenizer.encode("héllo 👋 日本語 🎉 done", add_special_tokens=False)
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    deltas = [detokenizer.push(token_id) for token_id in ids]
+    deltas.append(detokenizer.flush())
+    assert not any("\ufffd" in delta for delta in deltas)
+    assert "".join(deltas) == tokenizer.decode(ids)
+
+
+async def test_detokenizer_flushes_broken_bytes_at_the_end(engine: TransformersEngine) -> None:
+    """A stream cut inside a character still joins to the full (lossy) decode."""
+    tokenizer = engine.tokenizer
+    ids = tokenizer.encode("ok 👋", add_special_tokens=False)[:-1]
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    text = "".join(detokenizer.push(token_id) for token_id in ids)
+    assert "\ufffd" not in text
+    assert text + detokenizer.flush() == tokenizer.decode(ids)
+
+
+async def test_greedy_is_deterministic(engine: TransformersEngine) -> None:
+    """Two greedy runs of one prompt give the same text."""
+    prompt = long_prompt(engine)
+    first = await collect(engine, prompt, GREEDY)
+    second = await collect(engine, prompt, GREEDY)
+    assert joined(first) == joined(second)
+    assert first[-1] == second[-1]
+
+
+async def test_seeded_sampling_repeats(engine: TransformersEngine) -> None:
+    """Sampling with a seed repeats itself; top_k=1 is greedy."""
+    prompt = long_prompt(engine)
+    spec = SamplingSpec(max_tokens=24, temperature=1.0, top_p=0.9, min_p=0.01, seed=7)
+    first = await collect(engine, prompt, spec)
+    second = await collect(engine, prompt, spec)
+    assert joined(first) == joined(second)
+    greedy = await collect(engine, prompt, GREEDY)
+    top1 = await collect(engine, prompt, SamplingSpec(max_tokens=24, temperature=1.0, top_k=1))
+    assert joined(top1) == joined(greedy)
+
+
+async def test_max_tokens_finishes_with_length(engine: TransformersEngine) -> None:
+    """A stream stops after max_tokens tokens with reason "length"."""
+    outputs = await collect(engine, long_prompt(engine), SamplingSpec(max_tokens=5))
+    assert outputs[-1].finish_reason == "length"
+    assert outputs[-1].completion_tokens == 5
+    assert engine.running() == 0
+
+
+async def test_stop_string_cuts_the_output(engine: TransformersEngine) -> None:
+    """Text from the first stop string on is never emitted, and the reason is "stop"."""
+    prompt = long_prompt(engine)
+    full = joined(await collect(engine, prompt, SamplingSpec(max_tokens=40)))
+    stop = full[20:24]
+    expected = full[: full.find(stop)]
+    outputs = await collect(engine, prompt, SamplingSpec(max_tokens=40, stop=("\x00", stop)))
+    assert outputs[-1].finish_reason == "stop"
+    assert joined(outputs) == expected
+
+
+def test_stop_matcher_holds_back_possible_starts() -> None:
+    """A suffix that may begin a stop string waits for the next delta."""
+    matcher = StopMatcher(("END",))
+    assert matcher.push("abcE") == ("abc", False)
+    assert matcher.push("Nx") == ("ENx", False)
+    assert matcher.push("yyEN") == ("yy", False)
+    assert matcher.push("D tail") == ("", True)
+    assert matcher.flush() == ""
+
+
+async def test_abort_ends_the_stream(engine: TransformersEngine) -> None:
+    """Aborting mid-stream (twice) ends it with one final "abort" output and nothing left."""
+    stream = engine.generate(long_prompt(engine), SamplingSpec(max_tokens=400), "a1")
+    async with aclosing(stream):
+        first = await anext(stream)
+        assert not first.finished
+        await engine.abort("a1")
+        await engine.abort("a1")
+        rest = [out async for out in stream]
+    assert [out.finish_reason for out in rest] == ["abort"]
+    assert rest[0].text == ""
+    assert engine.running() == 0
+    await engine.abort("a1")
+
+
+async def test_cancelling_the_consumer_aborts(engine: TransformersEngine) -> None:
+    """Cancelling the consuming task re-raises CancelledError and frees the request."""
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in engine.generate(long_prompt(engine), SamplingSpec(max_tokens=400), "c1"):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.running() == 0
+    after = await collect(engine, long_prompt(engine), SamplingSpec(max_tokens=3), "c1")
+    assert after[-1].finish_reason == "length"
+
+
+async def test_concurrent_requests_all_finish(engine: TransformersEngine) -> None:
+    """Eight requests run interleaved, each ends with a finish reason, none is left."""
+    seen_running: list[int] = []
+
+    async def one(index: int) -> EngineOutput:
+        prompt = chat(engine, f"tell me something nice, number {index}")
+        last = None
+        async for out in engine.generate(prompt, SamplingSpec(max_tokens=16), f"n{index}"):
+            seen_running.append(engine.running())
+            last = out
+        assert last is not None
+        return last
+
+    finals = await asyncio.gather(*(one(i) for i in range(8)))
+    assert all(final.finish_reason in ("stop", "length") for final in finals)
+    assert max(seen_running) == 8
+    assert engine.running() == 0
+
+
+async def test_warm_prefix_is_reused(engine: TransformersEngine) -> None:
+    """After warm, a prompt extending it reports cached tokens and generates the same text."""
+    persona = chat(engine, "You are June, wholesome and kind.")
+    prompt = persona + "<|im_start|>user\nhey there<|im_end|>\n<|im_start|>assistant\n"
+    cold = await collect(engine, prompt, GREEDY)
+    assert cold[-1].cached_tokens == 0
+    warmed = await engine.warm(persona)
+    assert warmed == len(engine.tokenizer.encode(persona, add_special_tokens=False))
+    hot = await collect(engine, prompt, GREEDY)
+    assert 0 < hot[-1].cached_tokens <= warmed
+    assert joined(hot) == joined(cold)
+    again = await collect(engine, persona, GREEDY)
+    assert again[-1].cached_tokens == warmed - 1
+
+
+async def test_too_long_request_is_refused(engine: TransformersEngine) -> None:
+    """A prompt that with max_tokens exceeds the model's positions raises EngineRequestError."""
+    with pytest.raises(EngineRequestError, match="positions"):
+        await collect(engine, "hi", SamplingSpec(max_tokens=9000))
+    with pytest.raises(EngineRequestError, match="positions"):
+        await engine.warm("hi " * 9000)
+    assert engine.running() == 0
+
+
+async def test_duplicate_running_id_is_refused(engine: TransformersEngine) -> None:
+    """A second stream with a running request's id raises EngineRequestError."""
+    stream = engine.generate(long_prompt(engine), SamplingSpec(max_tokens=400), "d1")
+    async with aclosing(stream):
+        await anext(stream)
+        with pytest.raises(EngineRequestError, match="already running"):
+            await collect(engine, "hi", GREEDY, "d1")
+        await engine.abort("d1")
+        assert [out.finish_reason async for out in stream] == ["abort"]
+    assert engine.running() == 0
+
+
+async def test_close_aborts_and_refuses_new_work(engine: TransformersEngine) -> None:
+    """Closing ends running streams with "abort"; later requests raise EngineDeadError."""
+    stream = engine.generate(long_prompt(engine), SamplingSpec(max_tokens=400), "x1")
+    async with aclosing(stream):
+        await anext(stream)
+        await engine.close()
+        assert [out.finish_reason async for out in stream] == ["abort"]
+    assert engine.running() == 0
+    with pytest.raises(EngineDeadError):
+        await collect(engine, "hi", GREEDY)
