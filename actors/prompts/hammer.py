@@ -1,0 +1,120 @@
+"""The Hammer 2.1 tool-call prompt.
+
+Hammer reads one user message made of bracketed sections; the section markers are
+its input format and must stay as they are. The instruction, tool list and format
+sections never change between turns, so they come first and stay hot in the prefix
+cache; the per-turn parts (recent history, then the query) come last. The query is
+the last section, after the last ``[BEGIN OF QUERY]`` marker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from actors.engines.base import Tokenizer
+from actors.prompts.trim import (
+    DEFAULT_HISTORY_MAX_TOKENS,
+    DEFAULT_USER_UTT_MAX_TOKENS,
+    trim_to_tokens,
+)
+
+__all__ = [
+    "TAKE_SCREENSHOT_TOOL",
+    "ToolDefinition",
+    "build_tool_prompt",
+    "tool_names",
+    "tools_without_parameters",
+]
+
+ToolDefinition = Mapping[str, Any]
+
+TAKE_SCREENSHOT_TOOL: Final[ToolDefinition] = {
+    "name": "take_screenshot",
+    "description": (
+        "Capture the user's screen so the assistant can see it. Use it when the user "
+        "asks the assistant to look at, check, see, read or react to something that is "
+        "on their screen right now."
+    ),
+    "parameters": {"type": "object", "properties": {}, "required": []},
+}
+
+_TASK_INSTRUCTION: Final = (
+    "You are the tool router of a voice assistant. Read the user's latest message in "
+    "the query section and decide whether answering it needs one of the available "
+    "tools. Call a tool only when the user is clearly asking for what that tool does; "
+    "earlier conversation is context, not a request. Greetings, small talk, opinions, "
+    "questions the assistant can answer by talking, and anything the tools cannot do "
+    "need no tool."
+)
+
+_FORMAT_INSTRUCTION: Final = (
+    "Answer with a JSON list and nothing else: no explanation, no prose, no code "
+    'fence. Each element is one call, {"name": "<tool name>", "arguments": '
+    '{"<parameter>": <value>}}, with "arguments" set to {} when the tool takes no '
+    "parameters. When no tool is needed, answer with the empty list []."
+)
+
+
+def build_tool_prompt(
+    tokenizer: Tokenizer,
+    *,
+    user_utterance: str,
+    history_text: str = "",
+    history_max_tokens: int = DEFAULT_HISTORY_MAX_TOKENS,
+    user_utt_max_tokens: int = DEFAULT_USER_UTT_MAX_TOKENS,
+    tools: Sequence[ToolDefinition] = (TAKE_SCREENSHOT_TOOL,),
+) -> str:
+    """The full Hammer prompt for one turn, rendered with the generation prompt.
+
+    Args:
+        tokenizer: the tool model's tokenizer; its chat template wraps the prompt as
+            one user message.
+        user_utterance: what the user just said; its first ``user_utt_max_tokens``
+            tokens are kept.
+        history_text: the transcript so far; its newest ``history_max_tokens`` tokens
+            are kept, and a blank history leaves its section out.
+        history_max_tokens: token budget of the history.
+        user_utt_max_tokens: token budget of the utterance.
+        tools: the tool definitions offered to the model.
+
+    Raises:
+        ValueError: a token budget is negative.
+    """
+    history = trim_to_tokens(tokenizer, history_text.strip(), history_max_tokens, "end").strip()
+    query = trim_to_tokens(tokenizer, user_utterance.strip(), user_utt_max_tokens, "start")
+    sections = [
+        _section("TASK INSTRUCTION", _TASK_INSTRUCTION),
+        _section("AVAILABLE TOOLS", json.dumps([dict(tool) for tool in tools])),
+        _section("FORMAT INSTRUCTION", _FORMAT_INSTRUCTION),
+    ]
+    if history:
+        sections.append(_section("RECENT CONVERSATION", history))
+    sections.append(_section("QUERY", query))
+    content = "\n\n".join(sections) + "\n\n"
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def tool_names(tools: Sequence[ToolDefinition]) -> tuple[str, ...]:
+    """The names of ``tools``, in order."""
+    return tuple(str(tool["name"]) for tool in tools)
+
+
+def tools_without_parameters(tools: Sequence[ToolDefinition]) -> frozenset[str]:
+    """The names of the tools in ``tools`` whose schema declares no parameters."""
+    return frozenset(str(tool["name"]) for tool in tools if not _parameter_names(tool))
+
+
+def _parameter_names(tool: ToolDefinition) -> list[str]:
+    """The declared parameters, in JSON-schema form or xLAM's flat form."""
+    params = tool.get("parameters") or {}
+    if params.get("type") == "object" or "properties" in params:
+        return list(params.get("properties") or {})
+    return list(params)
+
+
+def _section(name: str, body: str) -> str:
+    return f"[BEGIN OF {name}]\n{body}\n[END OF {name}]"
