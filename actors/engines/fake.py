@@ -2,7 +2,8 @@
 
 Its "model" is a script: the tool prompt gets a Hammer-style answer (a call when the
 utterance mentions the screen, ``[]`` otherwise), the chat prompt gets the words
-of a fixed reply, one word per step at ``bench_tokens_per_s``. Tests read
+of a reply tagged with the utterance's first word, one word per step at
+``bench_tokens_per_s``. Tests read
 ``running()`` and ``aborted`` to prove requests really stop.
 """
 
@@ -22,6 +23,7 @@ TOOL_NO = "[]"
 SCREEN_WORDS = ("screen", "screenshot", "look at this")
 FAIL_MARKER = "[[fail]]"
 LONG_MARKER = "[[long]]"
+USER_MARKER = "<|user|>\n"  # where FakeTokenizer's chat template puts the utterance
 
 
 class FakeTokenizer:
@@ -139,5 +141,9 @@ class FakeEngine:
             tail = prompt.rsplit("[BEGIN OF QUERY]", 1)[-1].lower()
             answer = TOOL_YES if any(w in tail for w in SCREEN_WORDS) else TOOL_NO
             return [answer[i : i + 4] for i in range(0, len(answer), 4)]
+        # The reply echoes the utterance's first word, so a test can tag each turn and
+        # prove no token of one session ever reaches another.
+        utterance = prompt.rsplit(USER_MARKER, 1)[-1].split()
+        tag = utterance[0] if utterance else "word"
         words = 400 if LONG_MARKER in prompt else 12
-        return [f"word{i} " for i in range(words - 1)] + ["end."]
+        return [f"{tag}{i} " for i in range(words - 1)] + ["end."]
