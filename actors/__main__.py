@@ -15,7 +15,6 @@ from actors.engines import build_engine
 from actors.service import ActorService
 from actors.tool import ToolWorker
 from bus.codec import Codec
-from bus.connect import connect
 from bus.logs import setup_logging
 from configs import ConfigError, load_config
 from configs.schema import Config
@@ -30,13 +29,12 @@ async def _run(config: Config, kind: Literal["tool", "chat"]) -> int:
     actor_id = f"{kind}-{uuid.uuid4().hex[:10]}"
     engine = build_engine(config, kind)
     worker = ToolWorker(config.tool, engine) if kind == "tool" else ChatWorker(config.chat, engine)
-    nc = await connect(config.bus, name=f"yap-{actor_id}", log=log)
     async with ActorService(
         config=config.actor,
         actor_id=actor_id,
         engine=engine,
         worker=worker,
-        nc=nc,
+        bus=config.bus,
         codec=Codec(),
         log=log,
     ) as service:

@@ -23,6 +23,7 @@ from actors.emitter import TurnEmitter
 from actors.engines.base import Engine, EngineDeadError, EngineRequestError
 from bus import subjects
 from bus.codec import BusDecodeError, Codec
+from bus.connect import connect
 from bus.events import (
     Accepted,
     ActorKind,
@@ -34,7 +35,7 @@ from bus.events import (
     Warm,
     Warmed,
 )
-from configs.schema import ActorConfig
+from configs.schema import ActorConfig, BusConfig
 
 __all__ = ["ActorService", "Worker"]
 
@@ -65,7 +66,7 @@ class ActorService:
         actor_id: str,
         engine: Engine,
         worker: Worker,
-        nc: NatsClient,
+        bus: BusConfig,
         codec: Codec,
         log: logging.Logger,
     ) -> None:
@@ -74,7 +75,8 @@ class ActorService:
         self.engine = engine
         self._config = config
         self._worker = worker
-        self._nc = nc
+        self._bus = bus
+        self._nc = NatsClient()  # replaced by a connected one on entry
         self._codec = codec
         self._log = logging.LoggerAdapter(log, {"actor_id": actor_id})
         self._turns: dict[str, asyncio.Task[None]] = {}
@@ -92,6 +94,13 @@ class ActorService:
         return len(self._turns)
 
     async def __aenter__(self) -> ActorService:
+        self._nc = await connect(
+            self._bus,
+            name=f"yap-{self.actor_id}",
+            log=self._log.logger,
+            on_disconnect=self.bus_lost,
+            on_reconnect=self.bus_back,
+        )
         await self._group.__aenter__()
         self._spawn(self._heartbeat_loop())
         loaded = time.monotonic()
@@ -156,6 +165,17 @@ class ActorService:
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=2.0)
+
+    async def bus_lost(self) -> None:
+        """No one can hear this actor's turns now: abort them rather than generate on."""
+        if self._turns:
+            self._log.warning("bus lost: cancelling %d running turn(s)", len(self._turns))
+        for task in list(self._turns.values()):
+            task.cancel()
+
+    async def bus_back(self) -> None:
+        """Announce ourselves at once so edges see us alive again."""
+        await self._publish_heartbeat()
 
     # --- handlers -------------------------------------------------------------
 

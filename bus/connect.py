@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -16,11 +17,23 @@ __all__ = ["connect"]
 _MAX_BACKOFF_S = 2.0
 
 
-async def connect(config: BusConfig, name: str, log: logging.Logger) -> NatsClient:
+Hook = Callable[[], Awaitable[None]]
+
+
+async def connect(
+    config: BusConfig,
+    name: str,
+    log: logging.Logger,
+    *,
+    on_disconnect: Hook | None = None,
+    on_reconnect: Hook | None = None,
+) -> NatsClient:
     """A connected client; waits (with backoff, forever) until the server is reachable.
 
     Once connected, nats-py reconnects on its own with no attempt limit, keeps
-    subscriptions, and buffers publishes while the server is away.
+    subscriptions, and buffers publishes while the server is away. The hooks let a
+    service end what cannot survive an outage (turns in flight) and announce itself
+    again after one.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -32,9 +45,13 @@ async def connect(config: BusConfig, name: str, log: logging.Logger) -> NatsClie
         if client is not None and (client.is_closed or client.is_draining):
             return  # our own close, not an outage
         log.warning("bus disconnected; reconnecting")
+        if on_disconnect is not None:
+            await on_disconnect()
 
     async def on_reconnected() -> None:
         log.info("bus reconnected")
+        if on_reconnect is not None:
+            await on_reconnect()
 
     backoff = config.reconnect_wait_s
     while True:

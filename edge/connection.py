@@ -87,6 +87,9 @@ class ClientConnection:
         self._log = log
         self._outbox = Outbox()
         self._session_id: str | None = None
+        # This connection's copy of its session's settings: one store read per
+        # connection and session, one write when they change.
+        self._settings: SessionSettings | None = None
         self._subscription: Subscription | None = None
         self._turn: _Turn | None = None
         self._group: asyncio.TaskGroup | None = None
@@ -135,6 +138,17 @@ class ClientConnection:
         self._close_code = (1001, "server shutting down")
         self._outbox.close()
         await self._ws.close(1001, "server shutting down")
+
+    async def bus_lost(self) -> None:
+        """The bus went away: the running turn cannot finish, so end it with an error."""
+        turn = self._turn
+        if turn is not None and not turn.machine.finished:
+            await self._perform(
+                turn,
+                turn.machine.fail(
+                    errors.BUS_UNAVAILABLE, "the message bus went away; please retry"
+                ),
+            )
 
     # --- reading --------------------------------------------------------------
 
@@ -197,19 +211,23 @@ class ClientConnection:
             return
         await self._end_turn(reason="barge_in")
         session_id = message.session_id
-        settings = await state.sessions.get(session_id)
+        known = self._settings if session_id == self._session_id else None
+        settings = known or await state.sessions.get(session_id)
         if settings is None:
             settings = new_session(state.rng, datetime.now())
-        settings, _ = _apply_persona(settings, message)
-        if settings.assistant_gender is None:
+        updated, changed = _apply_persona(settings, message)
+        if updated.assistant_gender is None:
             self._error(
                 errors.MISSING_FIELD,
                 "assistant_gender is required on a session's first start: woman or man",
             )
             return
-        await state.sessions.put(session_id, settings)
+        if known is None or changed:
+            await state.sessions.put(session_id, updated)
+        settings = updated
         if session_id != self._session_id:
             await self._subscribe(session_id)
+        self._settings = settings
 
         models = state.config.models
         turn_id = uuid.uuid4().hex
@@ -411,6 +429,7 @@ class ClientConnection:
         if self._subscription is not None:
             await self._unsubscribe()
         self._session_id = session_id
+        self._settings = None
         self._subscription = await self._state.nc.subscribe(
             subjects.session_out(session_id), cb=self._on_bus_message
         )
@@ -444,7 +463,9 @@ class ClientConnection:
             self._error(errors.NO_ACTOR_AVAILABLE, "no chat model is deployed to warm")
             return
         session_id = self._session_id or f"warm-{uuid.uuid4().hex}"
-        settings = (await state.sessions.get(session_id)) if self._session_id else None
+        settings = self._settings or (
+            (await state.sessions.get(session_id)) if self._session_id else None
+        )
         settings = settings or SessionSettings()
         if isinstance(message, WarmPersonaMessage):
             settings, _ = _apply_persona(settings, message)
@@ -496,6 +517,7 @@ class ClientConnection:
         await state.sessions.put(session_id, settings)
         if session_id != self._session_id:
             await self._subscribe(session_id)
+        self._settings = settings
         self._outbox.push(
             frames.ack_set_persona(
                 session_id=session_id,

@@ -15,7 +15,9 @@ import logging
 import uuid
 from types import TracebackType
 
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.errors import BucketNotFoundError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -29,12 +31,13 @@ from edge.connection import ClientConnection
 from edge.frames import FrameEncoder
 from edge.protocol import ClientProtocol, ProtocolLimits
 from edge.registry import ActorRegistry
-from edge.sessions import MemorySessionStore
+from edge.sessions import KvSessionStore, MemorySessionStore, SessionStore
 from edge.state import EdgeState
 
 __all__ = ["WS_PATH", "EdgeServer"]
 
 WS_PATH = "/ws"
+SESSIONS_BUCKET = "yap_sessions"
 
 
 class EdgeServer:
@@ -58,7 +61,9 @@ class EdgeServer:
     async def __aenter__(self) -> EdgeServer:
         config = self._config
         edge = config.edge
-        nc = await connect(config.bus, name="yap-edge", log=self._log)
+        nc = await connect(
+            config.bus, name="yap-edge", log=self._log, on_disconnect=self._on_bus_lost
+        )
         self._state = EdgeState(
             config=config,
             nc=nc,
@@ -71,7 +76,7 @@ class EdgeServer:
                     max_persona_chars=edge.max_persona_chars,
                 )
             ),
-            sessions=MemorySessionStore(ttl_s=edge.session_ttl_s, max_sessions=edge.max_sessions),
+            sessions=await self._session_store(nc),
             registry=ActorRegistry(lost_after_s=edge.actor_lost_after_s),
         )
         await nc.subscribe(subjects.ALL_HEARTBEATS, cb=self._on_heartbeat)
@@ -219,6 +224,32 @@ class EdgeServer:
         finally:
             state.connections.discard(connection)
             log.info("disconnected (%d active)", len(state.connections))
+
+    async def _session_store(self, nc: NatsClient) -> SessionStore:
+        edge = self._config.edge
+        local = MemorySessionStore(ttl_s=edge.session_ttl_s, max_sessions=edge.max_sessions)
+        js = nc.jetstream(timeout=2.0)
+        try:
+            try:
+                kv = await js.key_value(SESSIONS_BUCKET)
+            except BucketNotFoundError:
+                kv = await js.create_key_value(
+                    bucket=SESSIONS_BUCKET,
+                    history=1,
+                    ttl=edge.session_ttl_s,
+                    description="yap-bus session settings",
+                )
+        except Exception as exc:  # no JetStream: sessions stay per edge
+            self._log.warning("JetStream unavailable (%r): session settings stay in this edge", exc)
+            return local
+        return KvSessionStore(kv, local, self._log)
+
+    async def _on_bus_lost(self) -> None:
+        """Turns in flight cannot finish without the bus: end them now, not at a timeout."""
+        if self._state is None:
+            return
+        for connection in list(self._state.connections):
+            await connection.bus_lost()
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import OrderedDict
@@ -9,11 +10,20 @@ from datetime import datetime
 from typing import Protocol
 
 import msgspec
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from bus.events import Persona
 from bus.persona import Gender
 
-__all__ = ["MemorySessionStore", "SessionSettings", "SessionStore", "new_session", "now_string"]
+__all__ = [
+    "KvSessionStore",
+    "MemorySessionStore",
+    "SessionSettings",
+    "SessionStore",
+    "new_session",
+    "now_string",
+]
 
 
 class SessionSettings(msgspec.Struct, kw_only=True, frozen=True):
@@ -68,6 +78,43 @@ class MemorySessionStore:
         self._items.move_to_end(session_id)
         while len(self._items) > self._max:
             self._items.popitem(last=False)
+
+
+class KvSessionStore:
+    """Settings in a JetStream key-value bucket whose TTL expires idle sessions.
+
+    A session outlives its edge: after a restart, or on another edge, the next
+    start finds its persona. While the bus is unreachable the store falls back to
+    a local copy, so a turn never fails for want of settings.
+    """
+
+    def __init__(self, kv: KeyValue, fallback: MemorySessionStore, log: logging.Logger) -> None:
+        self._kv = kv
+        self._fallback = fallback
+        self._log = log
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(SessionSettings)
+
+    async def get(self, session_id: str) -> SessionSettings | None:
+        try:
+            entry = await self._kv.get(session_id)
+        except KeyNotFoundError:
+            return None
+        except Exception as exc:  # any bus failure: use the local copy
+            self._log.warning("session store unavailable (%r); using local copy", exc)
+            return await self._fallback.get(session_id)
+        try:
+            return self._decoder.decode(entry.value or b"")
+        except msgspec.DecodeError:
+            self._log.warning("dropped unreadable settings of session %s", session_id)
+            return None
+
+    async def put(self, session_id: str, settings: SessionSettings) -> None:
+        await self._fallback.put(session_id, settings)
+        try:
+            await self._kv.put(session_id, self._encoder.encode(settings))
+        except Exception as exc:  # kept locally; the turn goes on
+            self._log.warning("session store unavailable (%r); kept locally", exc)
 
 
 def now_string(moment: datetime) -> str:

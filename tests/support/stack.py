@@ -19,7 +19,6 @@ from actors.engines.fake import FakeEngine
 from actors.service import ActorService
 from actors.tool import ToolWorker
 from bus.codec import Codec
-from bus.connect import connect as bus_connect
 from configs.schema import Config
 from edge.server import EdgeServer
 
@@ -86,13 +85,12 @@ async def run_stack(config: Config, *, tools: int = 1, chats: int = 1) -> AsyncI
                 if kind == "tool"
                 else ChatWorker(config.chat, engine)
             )
-            nc = await bus_connect(config.bus, name=f"test-{kind}-{index}", log=log)
             service = ActorService(
                 config=config.actor,
                 actor_id=f"{kind}-{index}",
                 engine=engine,
                 worker=worker,
-                nc=nc,
+                bus=config.bus,
                 codec=Codec(),
                 log=log,
             )

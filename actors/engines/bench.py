@@ -1,0 +1,149 @@
+"""An engine with no model, for benchmarking the bus and the edge; never a default.
+
+It streams one short word per step at ``bench_tokens_per_s`` so that what a
+benchmark measures is the path around the engine (NATS, actors, edge, client),
+not the model. Steps are scheduled against an absolute clock (step ``k`` is due at
+``start + k * interval``), so a late wake-up is caught up instead of pushing every
+later token back. The tool prompt answers ``[]`` in one step.
+
+Aborts are immediate: the stream waits for each step on an ``asyncio.Event`` with
+the step's deadline as timeout, so ``abort()`` ends it with ``finish_reason
+"abort"`` at once, not at the next tick. ``abort_times`` keeps, per aborted id,
+the ``time.monotonic()`` of the ``abort()`` call, which a benchmark on the same
+host can compare with when it sent the cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from actors.engines.base import EngineOutput, EngineRequestError, SamplingSpec
+from actors.engines.fake import FakeTokenizer
+from configs.schema import EngineConfig
+
+__all__ = ["BenchEngine"]
+
+TOOL_MARKER = "[BEGIN OF TASK INSTRUCTION]"
+TOOL_ANSWER = "[]"
+WORD = "tok "
+# Every SENTENCE_WORDS-th word ends a sentence, so first-sentence latency is measurable.
+SENTENCE_WORDS = 8
+SENTENCE_END = "tok. "
+
+
+class BenchEngine:
+    """Paced, compute-free deltas; ``running()`` counts streams not yet finished."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.model_id = f"bench:{config.model}"
+        rate = config.bench_tokens_per_s
+        self._interval_s = 1.0 / rate if rate > 0 else 0.0
+        self._tokenizer = FakeTokenizer()
+        self._running: dict[str, asyncio.Event] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.abort_times: dict[str, float] = {}
+
+    @property
+    def tokenizer(self) -> FakeTokenizer:
+        return self._tokenizer
+
+    async def start(self) -> None:
+        return None
+
+    def running(self) -> int:
+        return len(self._running)
+
+    async def generate(
+        self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
+    ) -> AsyncIterator[EngineOutput]:
+        if request_id in self._running:
+            raise EngineRequestError(f"request id {request_id!r} is already running")
+        aborted = asyncio.Event()
+        self._running[request_id] = aborted
+        self._idle.clear()
+        prompt_tokens = len(prompt)  # FakeTokenizer: one token per character
+        is_tool = TOOL_MARKER in prompt
+        steps = 1 if is_tool else max(sampling.max_tokens, 0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            if steps == 0:
+                self._release(request_id, aborted)
+                yield EngineOutput(text="", finish_reason="length", prompt_tokens=prompt_tokens)
+                return
+            for step in range(1, steps + 1):
+                if await self._wait_step(aborted, started + step * self._interval_s):
+                    # Unregister before yielding: the consumer may never resume us.
+                    self._release(request_id, aborted)
+                    yield EngineOutput(
+                        text="",
+                        finish_reason="abort",
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=step - 1,
+                    )
+                    return
+                if is_tool:
+                    self._release(request_id, aborted)
+                    yield EngineOutput(
+                        text=TOOL_ANSWER,
+                        finish_reason="stop",
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=len(TOOL_ANSWER),
+                    )
+                    return
+                last = step == steps
+                if last:
+                    self._release(request_id, aborted)
+                yield EngineOutput(
+                    text=SENTENCE_END if step % SENTENCE_WORDS == 0 else WORD,
+                    finish_reason="length" if last else None,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=step,
+                )
+        finally:
+            # Also reached when the consumer is cancelled or closes the stream early.
+            self._release(request_id, aborted)
+
+    def _release(self, request_id: str, event: asyncio.Event) -> None:
+        # Only our own entry: a finished stream closed late must not drop a newer
+        # request that reuses its id.
+        if self._running.get(request_id) is event:
+            del self._running[request_id]
+        if not self._running:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is running (callers bound it with a timeout)."""
+        await self._idle.wait()
+
+    async def _wait_step(self, aborted: asyncio.Event, due: float) -> bool:
+        """Wait until ``due`` (loop time) or an abort; true when aborted."""
+        if aborted.is_set():
+            return True
+        if self._interval_s == 0.0 or due <= asyncio.get_running_loop().time():
+            # Unpaced or behind schedule: catch up now, but still let others run.
+            await asyncio.sleep(0)
+            return aborted.is_set()
+        try:
+            async with asyncio.timeout_at(due):
+                await aborted.wait()
+        except TimeoutError:
+            return aborted.is_set()
+        return True
+
+    async def abort(self, request_id: str) -> None:
+        event = self._running.get(request_id)
+        if event is None or event.is_set():
+            return
+        self.abort_times[request_id] = time.monotonic()
+        event.set()
+
+    async def warm(self, prompt: str) -> int:
+        return len(prompt)
+
+    async def close(self) -> None:
+        for request_id in list(self._running):
+            await self.abort(request_id)
