@@ -57,6 +57,9 @@ class EdgeConfig(_Base):
     messages_per_minute: int = 600
     cancels_per_minute: int = 240
     allowed_origins: tuple[str, ...] = ()
+    # Failed keys from one address before it gets HTTP 429 for the rest of the window.
+    auth_max_failures: int = 10
+    auth_failure_window_s: float = 60.0
     shutdown_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:

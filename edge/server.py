@@ -26,7 +26,7 @@ from bus.codec import BusDecodeError, Codec
 from bus.connect import connect
 from configs.schema import Config
 from edge import errors, frames
-from edge.auth import is_authorized
+from edge.auth import AuthThrottle, is_authorized
 from edge.connection import ClientConnection
 from edge.frames import FrameEncoder
 from edge.protocol import ClientProtocol, ProtocolLimits
@@ -47,6 +47,10 @@ class EdgeServer:
         self._state: EdgeState | None = None
         self._server: Server | None = None
         self._conn_ids = itertools.count(1)
+        self._throttle = AuthThrottle(
+            max_failures=config.edge.auth_max_failures,
+            window_s=config.edge.auth_failure_window_s,
+        )
 
     @property
     def state(self) -> EdgeState:
@@ -142,8 +146,16 @@ class EdgeServer:
                 http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE,
                 {"status": "ok" if healthy else "unavailable"},
             )
+        address = _peer_host(connection)
+        if path in ("/status", WS_PATH) and self._throttle.blocked(address):
+            return _json(
+                connection,
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                frames.error(errors.RATE_LIMITED, "too many failed keys; try again later"),
+            )
         if path == "/status":
             if not is_authorized(request.path, request.headers, self._config.edge.api_key):
+                self._throttle.record_failure(address)
                 return _json(
                     connection,
                     http.HTTPStatus.UNAUTHORIZED,
@@ -194,6 +206,7 @@ class EdgeServer:
         request = ws.request
         assert request is not None
         if not is_authorized(request.path, request.headers, self._config.edge.api_key):
+            self._throttle.record_failure(_peer_host(ws))
             log.info("rejected: authentication failed")
             await ws.send(encode(frames.error(errors.AUTHENTICATION_FAILED, _AUTH_MESSAGE)))
             await ws.close(1008, "authentication failed")
@@ -270,6 +283,11 @@ def _json(connection: ServerConnection, status: http.HTTPStatus, body: object) -
     response = connection.respond(status, json.dumps(body) + "\n")
     response.headers["Content-Type"] = "application/json"
     return response
+
+
+def _peer_host(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return str(address[0]) if address else "?"
 
 
 def _peer(ws: ServerConnection) -> str:

@@ -153,3 +153,26 @@ async def test_set_persona_and_warm(nats_server) -> None:
         assert sorted(w["segment"] for w in warmed) == ["history", "persona"]
         assert all(w["type"] == "warmed" and w["bytes"] > 0 for w in warmed)
         assert len(stack.engines("chat")[0].warmed) == 2
+
+
+async def test_auth_failures_throttled(nats_server) -> None:
+    """After too many wrong keys from one address the handshake gets HTTP 429."""
+    from websockets.exceptions import InvalidStatus
+
+    config = make_config(nats_server.url, edge={"auth_max_failures": 3})
+    async with run_stack(config) as stack:
+        bad = f"ws://127.0.0.1:{stack.edge.port}/ws?api_key=wrong"
+        for _ in range(3):
+            async with stack.client(bad) as ws:
+                assert (await recv_json(ws))["error_code"] == "authentication_failed"
+        try:
+            async with stack.client(bad):
+                raise AssertionError("the fourth attempt was let in")
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 429
+        # ... even with the right key, from the same address, until the window passes.
+        try:
+            async with stack.client():
+                raise AssertionError("a throttled address was let in")
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 429
