@@ -1,10 +1,10 @@
 """Every message on the bus, as one tagged msgspec Struct per kind.
 
-The union aliases at the bottom are the contract: an edge decodes ``OutboundEvent``,
-an actor decodes ``InboundEvent``. All structs are ``array_like`` because msgspec
-cannot mix array-like and map-like structs in one union, and the token stream is
-hot enough to want the compact form; ``omit_defaults`` drops trailing defaults.
-Schemas evolve only by appending fields with defaults.
+The union aliases are the contract: an edge decodes ``OutboundEvent``, an actor
+decodes ``InboundEvent``. All structs are ``array_like`` because msgspec cannot mix
+array-like and map-like structs in one union, and the token stream is hot enough
+to want the compact form. Schemas evolve only by appending fields with defaults:
+an older reader ignores extra trailing items, a newer one fills missing ones.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ ActorKind = Literal["tool", "chat"]
 DoneReason = Literal["stop", "length", "cancelled", "error"]
 
 
-class Event(msgspec.Struct, frozen=True, tag=True, array_like=True, omit_defaults=True):
+class Event(msgspec.Struct, frozen=True, tag=True, array_like=True):
     """Base of every per-turn event: which session, which turn.
 
     Not ``kw_only``: msgspec puts keyword-only fields last in the array, and the ids
@@ -52,7 +52,7 @@ class Event(msgspec.Struct, frozen=True, tag=True, array_like=True, omit_default
     turn_id: str
 
 
-class Persona(msgspec.Struct, frozen=True, kw_only=True, array_like=True, omit_defaults=True):
+class Persona(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """A session's persona settings; ``persona_text`` overrides the composed persona."""
 
     assistant_gender: Literal["woman", "man"] = "woman"
@@ -109,7 +109,7 @@ class Rejected(Event, tag="rejected"):
 # --- actors to edge -------------------------------------------------------------
 
 
-class ToolCallSpec(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+class ToolCallSpec(msgspec.Struct, frozen=True, array_like=True):
     name: str
     arguments: dict[str, object] = {}
 
@@ -159,7 +159,7 @@ Reply = Accepted | Rejected | Warmed
 # --- liveness -------------------------------------------------------------------
 
 
-class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, array_like=True, omit_defaults=True):
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """Sent by every actor every ``interval_s``; the edge declares it lost after a few misses."""
 
     actor_id: str

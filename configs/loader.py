@@ -8,6 +8,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import msgspec
@@ -18,28 +19,30 @@ __all__ = ["ENV_OVERRIDES", "ConfigError", "default_config_path", "load_config"]
 
 # env var -> the config paths it sets. Names are the original server's, so existing
 # deployment scripts keep working.
-ENV_OVERRIDES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = {
-    "YAP_API_KEY": (("edge", "api_key"),),
-    "MAX_CONCURRENT_CONNECTIONS": (("edge", "max_concurrent_connections"),),
-    "STREAM_FLUSH_MS": (("edge", "stream_flush_ms"),),
-    "YAP_EDGE_HOST": (("edge", "host"),),
-    "YAP_EDGE_PORT": (("edge", "port"),),
-    "YAP_NATS_URL": (("bus", "url"),),
-    "DEPLOY_MODELS": (("models", "deploy"),),
-    "CONCURRENT_MODEL_CALL": (("models", "concurrent_model_call"),),
-    "CHAT_MODEL": (("chat", "model"),),
-    "TOOL_MODEL": (("tool", "model"),),
-    "CHAT_MAX_OUT": (("chat", "max_out"),),
-    "HISTORY_MAX_TOKENS": (("chat", "history_max_tokens"),),
-    "USER_UTT_MAX_TOKENS": (("chat", "user_utt_max_tokens"), ("tool", "user_utt_max_tokens")),
-    "CHAT_GPU_FRAC": (("chat", "gpu_frac"),),
-    "TOOL_GPU_FRAC": (("tool", "gpu_frac"),),
-    "KV_DTYPE": (("chat", "kv_dtype"), ("tool", "kv_dtype")),
-    "QUANTIZATION": (("chat", "quantization"), ("tool", "quantization")),
-    "CHAT_MAX_LEN": (("chat", "max_len"),),
-    "YAP_LOG_LEVEL": (("log", "level"),),
-    "YAP_LOG_FORMAT": (("log", "format"),),
-}
+ENV_OVERRIDES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyType(
+    {
+        "YAP_API_KEY": (("edge", "api_key"),),
+        "MAX_CONCURRENT_CONNECTIONS": (("edge", "max_concurrent_connections"),),
+        "STREAM_FLUSH_MS": (("edge", "stream_flush_ms"),),
+        "YAP_EDGE_HOST": (("edge", "host"),),
+        "YAP_EDGE_PORT": (("edge", "port"),),
+        "YAP_NATS_URL": (("bus", "url"),),
+        "DEPLOY_MODELS": (("models", "deploy"),),
+        "CONCURRENT_MODEL_CALL": (("models", "concurrent_model_call"),),
+        "CHAT_MODEL": (("chat", "model"),),
+        "TOOL_MODEL": (("tool", "model"),),
+        "CHAT_MAX_OUT": (("chat", "max_out"),),
+        "HISTORY_MAX_TOKENS": (("chat", "history_max_tokens"),),
+        "USER_UTT_MAX_TOKENS": (("chat", "user_utt_max_tokens"), ("tool", "user_utt_max_tokens")),
+        "CHAT_GPU_FRAC": (("chat", "gpu_frac"),),
+        "TOOL_GPU_FRAC": (("tool", "gpu_frac"),),
+        "KV_DTYPE": (("chat", "kv_dtype"), ("tool", "kv_dtype")),
+        "QUANTIZATION": (("chat", "quantization"), ("tool", "quantization")),
+        "CHAT_MAX_LEN": (("chat", "max_len"),),
+        "YAP_LOG_LEVEL": (("log", "level"),),
+        "YAP_LOG_FORMAT": (("log", "format"),),
+    }
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -66,17 +69,38 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] = {})
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
 
-    applied: list[str] = []
-    for name, targets in ENV_OVERRIDES.items():
-        if name in environ:
-            applied.append(name)
-            for section, key in targets:
-                data.setdefault(section, {})[key] = _env_value(section, key, environ[name])
     try:
-        return msgspec.convert(data, Config, strict=False)
+        msgspec.convert(data, Config)  # the file alone, strictly: "8000" is not a port
     except msgspec.ValidationError as exc:
-        hint = f" (env overrides in effect: {', '.join(applied)})" if applied else ""
-        raise ConfigError(f"invalid config {path}: {exc}{hint}") from exc
+        raise ConfigError(f"invalid config {path}: {exc}") from exc
+
+    # Env vars are strings by nature: convert each to its field's type, then check
+    # the whole again so cross-field rules (__post_init__) see the final values.
+    applied = [name for name in ENV_OVERRIDES if name in environ]
+    for name, targets in ENV_OVERRIDES.items():
+        if name not in environ:
+            continue
+        raw = environ[name]
+        for section, key in targets:
+            field_type = _field_type(section, key)
+            try:
+                value = msgspec.convert(_env_value(section, key, raw), field_type, strict=False)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(
+                    f"{name}={raw!r} is not valid at `$.{section}.{key}`: {exc}"
+                ) from exc
+            data.setdefault(section, {})[key] = msgspec.to_builtins(value)
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(
+            f"invalid config {path}: {exc} (env overrides in effect: {', '.join(applied)})"
+        ) from exc
+
+
+def _field_type(section: str, key: str) -> Any:
+    section_type = next(f.type for f in msgspec.structs.fields(Config) if f.name == section)
+    return next(f.type for f in msgspec.structs.fields(section_type) if f.name == key)
 
 
 def _env_value(section: str, key: str, raw: str) -> Any:

@@ -35,8 +35,7 @@ class ActorRegistry:
             # until it misses heartbeats like any other.
             return True
         now = time.monotonic() if now is None else now
-        allowed = max(self._lost_after_s, 3 * status.heartbeat.interval_s)
-        return now - status.seen_at <= allowed
+        return self._fresh(status, now)
 
     def live(self, kind: ActorKind, now: float | None = None) -> list[ActorStatus]:
         now = time.monotonic() if now is None else now
@@ -44,8 +43,15 @@ class ActorRegistry:
         return [
             s
             for s in self._actors.values()
-            if s.heartbeat.kind == kind and s.heartbeat.ready and not s.heartbeat.draining
+            if s.heartbeat.kind == kind
+            and s.heartbeat.ready
+            and not s.heartbeat.draining
+            and self._fresh(s, now)
         ]
+
+    def _fresh(self, status: ActorStatus, now: float) -> bool:
+        allowed = max(self._lost_after_s, 3 * status.heartbeat.interval_s)
+        return now - status.seen_at <= allowed
 
     def prune(self, now: float) -> None:
         """Forget actors silent for much longer than the loss threshold."""
