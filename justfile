@@ -1,0 +1,45 @@
+# yap-bus tasks. `just` lists them; extra arguments pass through to the command.
+
+set positional-arguments
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The project venv's python when there is one; YAP_PYTHON overrides.
+venv_python := justfile_directory() / ".venv/bin/python"
+python := env("YAP_PYTHON", if path_exists(venv_python) == "true" { venv_python } else { "python3" })
+
+# List the recipes.
+default:
+    @{{ quote(just_executable()) }} --justfile {{ quote(justfile()) }} --list
+
+# Run nats-server, the actors and the edge in the foreground until Ctrl-C.
+up *args:
+    {{ quote(python) }} -m launcher up "$@"
+
+# Run the same in the background; returns once everything is ready.
+up-detached *args:
+    {{ quote(python) }} -m launcher up --detach "$@"
+
+alias start := up-detached
+
+# Stop what `just up` or `just start` started.
+down *args:
+    {{ quote(python) }} -m launcher down "$@"
+
+# Say whether a launcher is running (`python -m launcher status` exits 3 if not).
+status *args:
+    -{{ quote(python) }} -m launcher status "$@"
+
+# Lint, then run the tests (pytest fails on failures and on zero tests collected).
+test *args:
+    {{ quote(python) }} -m ruff check .
+    {{ quote(python) }} -m pytest -q "$@"
+
+# Check lint and formatting without changing anything.
+lint:
+    {{ quote(python) }} -m ruff check .
+    {{ quote(python) }} -m ruff format --check .
+
+# Format the code and apply safe lint fixes.
+fmt:
+    {{ quote(python) }} -m ruff format .
+    {{ quote(python) }} -m ruff check --fix .
