@@ -72,6 +72,7 @@ class _Turn:
     group: asyncio.TaskGroup | None = None
     task: asyncio.Task[None] | None = None
     leg_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    first_token_at: float | None = None
 
     @property
     def turn_id(self) -> str:
@@ -284,6 +285,7 @@ class ClientConnection:
             outcome = turn.machine.outcome
             code = turn.machine.error_code
             self._state.outcomes[code or outcome] += 1
+            self._state.metrics.turns.labels(code or outcome).inc()
             turn.log.info(
                 "turn %s in %.0f ms%s",
                 "done" if outcome == "completed" else outcome,
@@ -332,6 +334,7 @@ class ClientConnection:
         running = not turn.machine.finished
         if running:
             turn.log.info("turn cancelled (%s)", reason)
+            self._state.metrics.cancels.labels(reason).inc()
             await self._perform(turn, turn.machine.cancel(), reason=reason)
         turn.ended.set()
         if turn.task is not None:
@@ -343,9 +346,13 @@ class ClientConnection:
             match action:
                 case SendToken(text=text):
                     if self._turn is turn:
+                        if turn.first_token_at is None:
+                            turn.first_token_at = time.monotonic()
+                            self._state.metrics.ttft.observe(turn.first_token_at - turn.started_at)
                         self._outbox.push_token(text)
                 case SendFrame(frame=frame):
                     if self._turn is turn:
+                        self._count(frame, turn)
                         self._outbox.push(frame)
                 case StartLeg(kind=kind):
                     if turn.group is not None:
@@ -448,6 +455,7 @@ class ClientConnection:
             event = self._state.codec.decode_outbound(msg.data)
         except BusDecodeError as exc:
             self._log.warning("dropped malformed bus message on %s: %s", msg.subject, exc)
+            self._state.metrics.bus_drops.inc()
             return
         turn = self._turn
         if turn is None or event.turn_id != turn.turn_id:
@@ -533,14 +541,26 @@ class ClientConnection:
     async def _write_loop(self) -> None:
         flush_s = self._state.config.edge.stream_flush_ms / 1000.0
         encode = self._state.encoder.encode
+        tokens = self._state.metrics.tokens
         while (frame := await self._outbox.get(flush_s)) is not None:
+            if frame["type"] == "token":
+                tokens.inc()
             try:
                 await self._ws.send(encode(frame))
             except ConnectionClosed:
                 return
 
     def _error(self, code: str, message: str) -> None:
-        self._outbox.push(frames.error(code, message))
+        frame = frames.error(code, message)
+        self._count(frame, None)
+        self._outbox.push(frame)
+
+    def _count(self, frame: frames.Frame, turn: _Turn | None) -> None:
+        kind = frame["type"]
+        if kind == "error":
+            self._state.metrics.errors.labels(frame["error_code"]).inc()
+        elif kind == "toolcall" and turn is not None:
+            self._state.metrics.toolcall.observe(time.monotonic() - turn.started_at)
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         assert self._group is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -22,11 +23,13 @@ class ActorRegistry:
     def __init__(self, *, lost_after_s: float) -> None:
         self._lost_after_s = lost_after_s
         self._actors: dict[str, ActorStatus] = {}
+        self.heard = asyncio.Event()  # set on every heartbeat; waiters clear it
 
     def observe(self, heartbeat: Heartbeat, now: float | None = None) -> None:
         self._actors[heartbeat.actor_id] = ActorStatus(
             heartbeat, time.monotonic() if now is None else now
         )
+        self.heard.set()
 
     def is_alive(self, actor_id: str, now: float | None = None) -> bool:
         status = self._actors.get(actor_id)

@@ -18,6 +18,7 @@ from types import TracebackType
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.errors import BucketNotFoundError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -29,6 +30,7 @@ from edge import errors, frames
 from edge.auth import AuthThrottle, is_authorized
 from edge.connection import ClientConnection
 from edge.frames import FrameEncoder
+from edge.metrics import EdgeMetrics
 from edge.protocol import ClientProtocol, ProtocolLimits
 from edge.registry import ActorRegistry
 from edge.sessions import KvSessionStore, MemorySessionStore, SessionStore
@@ -65,6 +67,7 @@ class EdgeServer:
     async def __aenter__(self) -> EdgeServer:
         config = self._config
         edge = config.edge
+        registry = ActorRegistry(lost_after_s=edge.actor_lost_after_s)
         nc = await connect(
             config.bus, name="yap-edge", log=self._log, on_disconnect=self._on_bus_lost
         )
@@ -81,7 +84,11 @@ class EdgeServer:
                 )
             ),
             sessions=await self._session_store(nc),
-            registry=ActorRegistry(lost_after_s=edge.actor_lost_after_s),
+            registry=registry,
+            metrics=EdgeMetrics(
+                connections=lambda: len(self.state.connections),
+                actors_alive=lambda kind: len(registry.live(kind)),  # type: ignore[arg-type]
+            ),
         )
         await nc.subscribe(subjects.ALL_HEARTBEATS, cb=self._on_heartbeat)
         self._server = await serve(
@@ -147,7 +154,7 @@ class EdgeServer:
                 {"status": "ok" if healthy else "unavailable"},
             )
         address = _peer_host(connection)
-        if path in ("/status", WS_PATH) and self._throttle.blocked(address):
+        if path in ("/status", "/metrics", WS_PATH) and self._throttle.blocked(address):
             return _json(
                 connection,
                 http.HTTPStatus.TOO_MANY_REQUESTS,
@@ -162,6 +169,20 @@ class EdgeServer:
                     frames.error(errors.AUTHENTICATION_FAILED, _AUTH_MESSAGE),
                 )
             return _json(connection, http.HTTPStatus.OK, self._status())
+        if path == "/metrics":
+            if not is_authorized(request.path, request.headers, self._config.edge.api_key):
+                self._throttle.record_failure(address)
+                return _json(
+                    connection,
+                    http.HTTPStatus.UNAUTHORIZED,
+                    frames.error(errors.AUTHENTICATION_FAILED, _AUTH_MESSAGE),
+                )
+            response = connection.respond(
+                http.HTTPStatus.OK, generate_latest(state.metrics.registry).decode()
+            )
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+            return response
         if path != WS_PATH:
             return _json(connection, http.HTTPStatus.NOT_FOUND, {"error": "not found"})
         return None  # go on with the WebSocket handshake
@@ -281,6 +302,7 @@ _AUTH_MESSAGE = (
 
 def _json(connection: ServerConnection, status: http.HTTPStatus, body: object) -> Response:
     response = connection.respond(status, json.dumps(body) + "\n")
+    del response.headers["Content-Type"]
     response.headers["Content-Type"] = "application/json"
     return response
 

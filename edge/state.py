@@ -12,6 +12,7 @@ from nats.aio.client import Client as NatsClient
 from bus.codec import Codec
 from configs.schema import Config
 from edge.frames import FrameEncoder
+from edge.metrics import EdgeMetrics
 from edge.protocol import ClientProtocol
 from edge.registry import ActorRegistry
 from edge.sessions import SessionStore
@@ -31,6 +32,7 @@ class EdgeState:
     protocol: ClientProtocol
     sessions: SessionStore
     registry: ActorRegistry
+    metrics: EdgeMetrics
     rng: random.Random = field(default_factory=random.Random)
     connections: set[ClientConnection] = field(default_factory=set)
     shutting_down: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -176,3 +177,24 @@ async def test_auth_failures_throttled(nats_server) -> None:
                 raise AssertionError("a throttled address was let in")
         except InvalidStatus as exc:
             assert exc.response.status_code == 429
+
+
+async def test_metrics_endpoint(nats_server) -> None:
+    """/metrics (with the key) counts turns by outcome and observes time to first token."""
+    from launcher.net import http_status
+
+    config = make_config(nats_server.url)
+    async with run_stack(config) as stack:
+        async with stack.client() as ws:
+            await ws.send(start_message("m1"))
+            await read_turn(ws)
+        port = stack.edge.port
+        assert await http_status("127.0.0.1", port, "/metrics") == 401
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics?api_key=test-key HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = (await reader.read()).decode()
+        writer.close()
+    assert 'yap_edge_turns_total{outcome="completed"} 1.0' in body
+    assert "yap_edge_ttft_seconds_count 1.0" in body
+    assert "yap_edge_toolcall_seconds_count 1.0" in body
+    assert 'yap_edge_actors_alive{kind="chat"} 1.0' in body

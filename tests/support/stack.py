@@ -96,6 +96,12 @@ async def run_stack(config: Config, *, tools: int = 1, chats: int = 1) -> AsyncI
             )
             actors.append(await stack.enter_async_context(service))
         edge = await stack.enter_async_context(EdgeServer(config, log))
+        if actors:  # ready means the edge has heard every actor's heartbeat
+            async with asyncio.timeout(5):
+                registry = edge.state.registry
+                while len(registry.snapshot()) < len(actors):
+                    registry.heard.clear()
+                    await registry.heard.wait()
         yield Stack(config=config, edge=edge, actors=actors)
 
 
