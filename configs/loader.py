@@ -27,6 +27,8 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyTy
         "YAP_EDGE_HOST": (("edge", "host"),),
         "YAP_EDGE_PORT": (("edge", "port"),),
         "YAP_NATS_URL": (("bus", "url"),),
+    "YAP_BUS_USER": (("bus", "user"),),
+    "YAP_BUS_PASSWORD": (("bus", "password"),),
         "DEPLOY_MODELS": (("models", "deploy"),),
         "CONCURRENT_MODEL_CALL": (("models", "concurrent_model_call"),),
         "CHAT_MODEL": (("chat", "model"),),

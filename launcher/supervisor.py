@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.codec import BusDecodeError, Codec
+from bus.permissions import authorization_config, new_passwords
 from bus.subjects import ALL_HEARTBEATS
 from configs.schema import Config
 from launcher.errors import LauncherError, ServiceExited, StartupTimeout
@@ -100,6 +101,7 @@ class Supervisor:
         # Every started service, watched for unexpected exits: (name, wait for exit).
         self._watched: list[tuple[str, Callable[[], Awaitable[int]]]] = []
         self._pids: dict[str, int] = {}
+        self._observer: tuple[str, str] | None = None  # (password, user) for heartbeats
 
     @property
     def pids(self) -> Mapping[str, int]:
@@ -146,11 +148,21 @@ class Supervisor:
         # Unbuffered, so that children's logs reach a detached launcher's log file live.
         env.setdefault("PYTHONUNBUFFERED", "1")
         bus_url = config.bus.url
+        role_env: dict[str, dict[str, str]] = {"edge": {}, "actor": {}}
         if options.start_nats:
+            # A locked-down bus: each process kind gets its own user and subjects,
+            # with passwords made for this run only.
+            passwords = new_passwords()
+            role_env = {
+                role: {"YAP_BUS_USER": role, "YAP_BUS_PASSWORD": passwords[role]}
+                for role in ("edge", "actor")
+            }
+            self._observer = (passwords["observer"], "observer")
             server = NatsServer.from_config(
                 config.nats_server,
                 ready_timeout_s=options.nats_ready_timeout_s,
                 stop_timeout_s=options.stop_timeout_s,
+                extra_config=authorization_config(passwords),
             )
             self._log.info("starting nats-server on port %d", server.port)
             await self._until(
@@ -162,9 +174,11 @@ class Supervisor:
 
         # One at a time, tool first; see the module docstring for why not together.
         kinds: list[ActorKind] = [k for k in ("tool", "chat") if getattr(config.models, k)]
-        async with _ReadyHeartbeats(bus_url, config) as heartbeats:
+        async with _ReadyHeartbeats(bus_url, config, self._observer) as heartbeats:
             for kind in kinds:
-                child = self._child(f"{kind} actor", [options.actors_module, kind], env)
+                child = self._child(
+                    f"{kind} actor", [options.actors_module, kind], {**env, **role_env["actor"]}
+                )
                 await self._start_child(
                     services,
                     child,
@@ -172,7 +186,7 @@ class Supervisor:
                     timeout_s=options.actor_ready_timeout_s,
                 )
 
-        edge = self._child("edge", [options.edge_module], env)
+        edge = self._child("edge", [options.edge_module], {**env, **role_env["edge"]})
         await self._start_child(
             services, edge, self._edge_healthy(), timeout_s=options.edge_ready_timeout_s
         )
@@ -264,9 +278,13 @@ class Supervisor:
 class _ReadyHeartbeats:
     """Listens to actor heartbeats and remembers which kinds have said ready."""
 
-    def __init__(self, url: str, config: Config) -> None:
+    def __init__(self, url: str, config: Config, observer: tuple[str, str] | None) -> None:
         self._url = url
         self._bus = config.bus
+        # (password, user) of the observer role when the launcher made the bus.
+        self._credentials = (
+            (observer[1], observer[0]) if observer else (config.bus.user, config.bus.password)
+        )
         self._codec = Codec()
         self._ready: dict[str, asyncio.Event] = {"tool": asyncio.Event(), "chat": asyncio.Event()}
         self._client: Client | None = None
@@ -288,8 +306,8 @@ class _ReadyHeartbeats:
         try:
             self._client = await nats.connect(
                 self._url,
-                user=self._bus.user,
-                password=self._bus.password,
+                user=self._credentials[0],
+                password=self._credentials[1],
                 connect_timeout=self._bus.connect_timeout_s,
                 reconnect_time_wait=self._bus.reconnect_wait_s,
             )

@@ -15,18 +15,19 @@ from bus import subjects
 from bus.codec import Codec
 from bus.events import ActorKind, Heartbeat
 from configs.loader import load_config
+from configs.schema import BusConfig
 from tests.support.fakes import CRASH_CODE, FakeBehaviour
 
 _INTERVAL_S = 0.1
 
 
-async def run(kind: ActorKind, url: str, fake: FakeBehaviour) -> int:
+async def run(kind: ActorKind, bus: BusConfig, fake: FakeBehaviour) -> int:
     stop = asyncio.Event()
     if not fake.ignore_sigterm_if_asked():
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     actor_id = f"fake-{kind}-{os.getpid()}"
     heartbeat = Codec().encode(Heartbeat(actor_id=actor_id, kind=kind, interval_s=_INTERVAL_S))
-    nc = await nats.connect(url)
+    nc = await nats.connect(bus.url, user=bus.user, password=bus.password)
     try:
         while not stop.is_set():
             if not fake.silent:
@@ -51,7 +52,7 @@ def main() -> int:
     config = load_config(args.config, os.environ)
     fake = FakeBehaviour(args.kind, dict(os.environ))
     fake.record("start")
-    return asyncio.run(run(args.kind, config.bus.url, fake))
+    return asyncio.run(run(args.kind, config.bus, fake))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from actors.engines.fake import FakeEngine
 from actors.service import ActorService
 from actors.tool import ToolWorker
 from bus.codec import Codec
-from configs.schema import Config
+from configs.schema import BusConfig, Config
 from edge.server import EdgeServer
 
 __all__ = ["Stack", "make_config", "read_turn", "recv_json", "run_stack"]
@@ -70,7 +70,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def run_stack(config: Config, *, tools: int = 1, chats: int = 1) -> AsyncIterator[Stack]:
+async def run_stack(
+    config: Config, *, tools: int = 1, chats: int = 1, actor_bus: BusConfig | None = None
+) -> AsyncIterator[Stack]:
     log = logging.getLogger("yap.test")
     async with contextlib.AsyncExitStack() as stack:
         actors: list[ActorService] = []
@@ -90,7 +92,7 @@ async def run_stack(config: Config, *, tools: int = 1, chats: int = 1) -> AsyncI
                 actor_id=f"{kind}-{index}",
                 engine=engine,
                 worker=worker,
-                bus=config.bus,
+                bus=actor_bus or config.bus,
                 codec=Codec(),
                 log=log,
             )
