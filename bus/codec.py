@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from bus.events import Heartbeat, InboundEvent, OutboundEvent, Reply
+from bus.events import EdgeStats, Heartbeat, InboundEvent, OutboundEvent, Reply
 
 __all__ = ["BusDecodeError", "Codec"]
 
@@ -25,6 +25,7 @@ class Codec:
         self._outbound = msgspec.msgpack.Decoder(OutboundEvent)
         self._reply = msgspec.msgpack.Decoder(Reply)
         self._heartbeat = msgspec.msgpack.Decoder(Heartbeat)
+        self._edge_stats = msgspec.msgpack.Decoder(EdgeStats)
 
     def encode(self, event: msgspec.Struct) -> bytes:
         return self._encoder.encode(event)
@@ -40,6 +41,9 @@ class Codec:
 
     def decode_heartbeat(self, data: bytes) -> Heartbeat:
         return self._decode(self._heartbeat, data)
+
+    def decode_edge_stats(self, data: bytes) -> EdgeStats:
+        return self._decode(self._edge_stats, data)
 
     @staticmethod
     def _decode(decoder: msgspec.msgpack.Decoder, data: bytes):  # type: ignore[no-untyped-def]

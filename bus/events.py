@@ -20,6 +20,7 @@ __all__ = [
     "ChatStart",
     "Done",
     "DoneReason",
+    "EdgeStats",
     "Error",
     "Event",
     "Heartbeat",
@@ -168,6 +169,21 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     running: int = 0
     ready: bool = True
     draining: bool = False
+
+
+class EdgeStats(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """Sent by every edge each ``interval_s``, for ``just status`` and dashboards."""
+
+    edge_id: str
+    interval_s: float
+    connections: int
+    max_connections: int
+    running_turns: int
+    turns: dict[str, int] = {}
+    # Over the most recent turns, in milliseconds; 0 when there were none.
+    ttft_p50_ms: float = 0.0
+    ttft_p95_ms: float = 0.0
+    toolcall_p50_ms: float = 0.0
 
 
 def request_id(kind: ActorKind, session_id: str, turn_id: str) -> str:

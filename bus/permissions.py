@@ -36,6 +36,7 @@ ROLES: Final[tuple[Role, ...]] = (
         user="edge",
         publish=(
             f"{PREFIX}.session.*.in.>",
+            f"{PREFIX}.edge.*.stats",
             # Session settings in a JetStream KV bucket.
             f"$JS.API.STREAM.INFO.KV_{SESSIONS_KV}",
             f"$JS.API.STREAM.CREATE.KV_{SESSIONS_KV}",
@@ -52,7 +53,11 @@ ROLES: Final[tuple[Role, ...]] = (
         subscribe=(f"{PREFIX}.session.*.in.>",),
         allow_responses=True,
     ),
-    Role(user="observer", publish=(), subscribe=(f"{PREFIX}.actor.*.*.heartbeat",)),
+    Role(
+        user="observer",
+        publish=(),
+        subscribe=(f"{PREFIX}.actor.*.*.heartbeat", f"{PREFIX}.edge.*.stats"),
+    ),
 )
 
 

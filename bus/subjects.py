@@ -11,6 +11,7 @@ import re
 from typing import Final, Literal
 
 __all__ = [
+    "ALL_EDGE_STATS",
     "ALL_HEARTBEATS",
     "PREFIX",
     "QUEUE_CHAT",
@@ -26,6 +27,7 @@ __all__ = [
     "cancel",
     "chat_start",
     "chat_warm",
+    "edge_stats",
     "heartbeat",
     "out",
     "session_out",
@@ -38,6 +40,7 @@ QUEUE_TOOL: Final = "yap-tool"
 QUEUE_CHAT: Final = "yap-chat"
 SESSION_ID_MAX_LEN: Final = 128
 ALL_HEARTBEATS: Final = f"{PREFIX}.actor.*.*.heartbeat"
+ALL_EDGE_STATS: Final = f"{PREFIX}.edge.*.stats"
 
 ActorKind = Literal["tool", "chat"]
 OutKind = Literal["toolcall", "token", "done", "error", "warmed"]
@@ -94,6 +97,10 @@ def session_out(session_id: str) -> str:
 
 def heartbeat(kind: ActorKind, actor_id: str) -> str:
     return f"{PREFIX}.actor.{kind}.{validate_session_id(actor_id)}.heartbeat"
+
+
+def edge_stats(edge_id: str) -> str:
+    return f"{PREFIX}.edge.{validate_session_id(edge_id)}.stats"
 
 
 # Wildcard subscriptions for the actors, one per inbound kind.

@@ -100,6 +100,10 @@ class ClientConnection:
         self._cancels = RateLimiter(edge.cancels_per_minute)
         self._close_code: tuple[int, str] | None = None
 
+    @property
+    def turn_running(self) -> bool:
+        return self._turn is not None and not self._turn.machine.finished
+
     # --- lifecycle ------------------------------------------------------------
 
     async def serve(self) -> None:
@@ -348,7 +352,9 @@ class ClientConnection:
                     if self._turn is turn:
                         if turn.first_token_at is None:
                             turn.first_token_at = time.monotonic()
-                            self._state.metrics.ttft.observe(turn.first_token_at - turn.started_at)
+                            ttft = turn.first_token_at - turn.started_at
+                            self._state.recent_ttft.append(ttft)
+                            self._state.metrics.ttft.observe(ttft)
                         self._outbox.push_token(text)
                 case SendFrame(frame=frame):
                     if self._turn is turn:
@@ -560,7 +566,9 @@ class ClientConnection:
         if kind == "error":
             self._state.metrics.errors.labels(frame["error_code"]).inc()
         elif kind == "toolcall" and turn is not None:
-            self._state.metrics.toolcall.observe(time.monotonic() - turn.started_at)
+            elapsed = time.monotonic() - turn.started_at
+            self._state.recent_toolcall.append(elapsed)
+            self._state.metrics.toolcall.observe(elapsed)
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         assert self._group is not None

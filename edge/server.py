@@ -8,11 +8,13 @@ finish for a bounded time, closes clients with 1001 and drains the bus connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import itertools
 import json
 import logging
 import uuid
+from collections.abc import Iterable
 from types import TracebackType
 
 from nats.aio.client import Client as NatsClient
@@ -25,6 +27,7 @@ from websockets.http11 import Request, Response
 from bus import subjects
 from bus.codec import BusDecodeError, Codec
 from bus.connect import connect
+from bus.events import EdgeStats
 from configs.schema import Config
 from edge import errors, frames
 from edge.auth import AuthThrottle, is_authorized
@@ -39,6 +42,7 @@ from edge.state import EdgeState
 __all__ = ["WS_PATH", "EdgeServer"]
 
 WS_PATH = "/ws"
+STATS_INTERVAL_S = 1.0
 SESSIONS_BUCKET = "yap_sessions"
 
 
@@ -49,6 +53,8 @@ class EdgeServer:
         self._state: EdgeState | None = None
         self._server: Server | None = None
         self._conn_ids = itertools.count(1)
+        self.edge_id = f"edge-{uuid.uuid4().hex[:10]}"
+        self._stats_task: asyncio.Task[None] | None = None
         self._throttle = AuthThrottle(
             max_failures=config.edge.auth_max_failures,
             window_s=config.edge.auth_failure_window_s,
@@ -91,6 +97,8 @@ class EdgeServer:
             ),
         )
         await nc.subscribe(subjects.ALL_HEARTBEATS, cb=self._on_heartbeat)
+        # Owned: cancelled and awaited in __aexit__.
+        self._stats_task = asyncio.create_task(self._publish_stats())
         self._server = await serve(
             self._handle,
             edge.host,
@@ -120,6 +128,10 @@ class EdgeServer:
         if state is None or server is None:
             return
         state.shutting_down = True
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stats_task
         timeout_s = self._config.edge.shutdown_timeout_s
         self._log.info(
             "edge stopping: %d connection(s), waiting up to %.0f s for turns",
@@ -278,6 +290,27 @@ class EdgeServer:
             return local
         return KvSessionStore(kv, local, self._log)
 
+    async def _publish_stats(self) -> None:
+        state = self.state
+        subject = subjects.edge_stats(self.edge_id)
+        while True:
+            stats = EdgeStats(
+                edge_id=self.edge_id,
+                interval_s=STATS_INTERVAL_S,
+                connections=len(state.connections),
+                max_connections=self._config.max_connections,
+                running_turns=sum(1 for c in state.connections if c.turn_running),
+                turns=dict(state.outcomes),
+                ttft_p50_ms=_percentile_ms(state.recent_ttft, 0.50),
+                ttft_p95_ms=_percentile_ms(state.recent_ttft, 0.95),
+                toolcall_p50_ms=_percentile_ms(state.recent_toolcall, 0.50),
+            )
+            try:
+                await state.nc.publish(subject, state.codec.encode(stats))
+            except Exception as exc:  # stats are best effort
+                self._log.debug("stats not sent: %r", exc)
+            await asyncio.sleep(STATS_INTERVAL_S)
+
     async def _on_bus_lost(self) -> None:
         """Turns in flight cannot finish without the bus: end them now, not at a timeout."""
         if self._state is None:
@@ -305,6 +338,13 @@ def _json(connection: ServerConnection, status: http.HTTPStatus, body: object) -
     del response.headers["Content-Type"]
     response.headers["Content-Type"] = "application/json"
     return response
+
+
+def _percentile_ms(samples: Iterable[float], q: float) -> float:
+    ordered = sorted(samples)
+    if not ordered:
+        return 0.0
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
 
 
 def _peer_host(ws: ServerConnection) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,9 @@ class EdgeState:
     shutting_down: bool = False
     # Turn outcomes and error codes since start, for /status and logs.
     outcomes: Counter[str] = field(default_factory=Counter)
+    # The latest latencies in seconds, for the stats the edge publishes.
+    recent_ttft: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    recent_toolcall: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
     @property
     def at_capacity(self) -> bool:

@@ -29,6 +29,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "YAP_EDGE_HOST": ("0.0.0.0", "0.0.0.0"),
     "YAP_EDGE_PORT": ("9001", 9001),
     "YAP_NATS_URL": ("nats://bus:4222", "nats://bus:4222"),
+    "YAP_BUS_USER": ("edge", "edge"),
+    "YAP_BUS_PASSWORD": ("s3cret", "s3cret"),
     "DEPLOY_MODELS": ("chat", "chat"),
     "CONCURRENT_MODEL_CALL": ("1", True),
     "CHAT_MODEL": ("SicariusSicariiStuff/Impish_Nemo_12B", "SicariusSicariiStuff/Impish_Nemo_12B"),
