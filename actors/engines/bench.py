@@ -9,8 +9,9 @@ later token back. The tool prompt answers ``[]`` in one step.
 Aborts are immediate: the stream waits for each step on an ``asyncio.Event`` with
 the step's deadline as timeout, so ``abort()`` ends it with ``finish_reason
 "abort"`` at once, not at the next tick. ``abort_times`` keeps, per aborted id,
-the ``time.monotonic()`` of the ``abort()`` call, which a benchmark on the same
-host can compare with when it sent the cancel.
+the ``time.monotonic()`` of the ``abort()`` call, or of the consuming task's
+cancellation (how actors stop a turn), which a benchmark on the same host can
+compare with when it sent the cancel.
 """
 
 from __future__ import annotations
@@ -103,8 +104,13 @@ class BenchEngine:
                     prompt_tokens=prompt_tokens,
                     completion_tokens=step,
                 )
+        except asyncio.CancelledError:
+            # Actors stop a turn by cancelling the task that consumes the stream; for
+            # a cancel-to-abort measurement that moment is the abort.
+            self.abort_times.setdefault(request_id, time.monotonic())
+            raise
         finally:
-            # Also reached when the consumer is cancelled or closes the stream early.
+            # Also reached when the consumer closes the stream early.
             self._release(request_id, aborted)
 
     def _release(self, request_id: str, event: asyncio.Event) -> None:

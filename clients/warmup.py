@@ -1,0 +1,203 @@
+"""Warmup client: one turn, streamed to the terminal, then its metrics.
+
+``python -m clients.warmup [--gender G] [--style S] [message words...]`` connects,
+sends one ``start``, prints the ACK, the tool decision and its latency, streams the
+reply as it arrives and ends with two JSON lines, ``{"type": "metrics", ...}`` and
+``{"type": "final_text", ...}``, exactly as the original ``test/warmup.py``.
+
+Env (read in ``main`` only): ``SERVER_WS_URL`` (``ws://127.0.0.1:8000/ws``),
+``YAP_API_KEY`` (``yap_token``), ``ASSISTANT_GENDER`` (``female``),
+``PERSONA_STYLE`` (``wholesome``), ``RECV_TIMEOUT_SEC`` (``60``).
+Exit status: 0 when the turn completed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from websockets.exceptions import InvalidStatus
+
+from clients.metrics import TimedFrame
+from clients.turn import TurnResult, TurnTimeout, collect_turn, open_stream, start_message
+
+__all__ = ["DEFAULT_MESSAGES", "WarmupConfig", "amain", "main", "parse_args", "run_warmup"]
+
+DEFAULT_URL = "ws://127.0.0.1:8000/ws"
+DEFAULT_API_KEY = "yap_token"
+DEFAULT_MESSAGES = (
+    "who was Columbus?",
+    "tell me something funny",
+    "what's your story?",
+    "you gotta see these boots, insane",
+    "check this out",
+)
+GENDERS = ("female", "male", "woman", "man")
+HINTS = {
+    "authentication_failed": "Check the YAP_API_KEY environment variable",
+    "server_at_capacity": "Server is at maximum connection capacity. Try again later.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupConfig:
+    url: str
+    api_key: str
+    assistant_gender: str
+    persona_style: str
+    recv_timeout_s: float
+    message: str
+
+
+def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> WarmupConfig:
+    """Build the config from command-line arguments, with ``env`` for defaults."""
+    parser = argparse.ArgumentParser(
+        prog="python -m clients.warmup", description="Run one Yap turn and print its metrics."
+    )
+    parser.add_argument("message", nargs="*", help="user utterance (default: a random one)")
+    parser.add_argument(
+        "--assistant-gender", "--gender", "-g", dest="assistant_gender", choices=GENDERS
+    )
+    parser.add_argument("--persona-style", "--style", "-s", dest="persona_style")
+    args = parser.parse_args(list(argv))
+    try:
+        recv_timeout_s = float(env.get("RECV_TIMEOUT_SEC", "60"))
+    except ValueError:
+        parser.error("RECV_TIMEOUT_SEC must be a number of seconds")
+    message = " ".join(args.message).strip() or random.choice(DEFAULT_MESSAGES)
+    return WarmupConfig(
+        url=env.get("SERVER_WS_URL", DEFAULT_URL),
+        api_key=env.get("YAP_API_KEY", DEFAULT_API_KEY),
+        assistant_gender=args.assistant_gender or env.get("ASSISTANT_GENDER", "female"),
+        persona_style=args.persona_style or env.get("PERSONA_STYLE", "wholesome"),
+        recv_timeout_s=recv_timeout_s,
+        message=message,
+    )
+
+
+class _Printer:
+    """Prints frames as they arrive; knows when the turn was sent to time them."""
+
+    def __init__(self, out: TextIO, sent_at: float) -> None:
+        self._out = out
+        self._sent_at = sent_at
+        self.streaming = False
+
+    def _line(self, text: str) -> None:
+        if self.streaming:
+            self._out.write("\n")
+            self.streaming = False
+        self._out.write(text + "\n")
+        self._out.flush()
+
+    def _ms(self, frame: TimedFrame) -> float:
+        return round((frame.at - self._sent_at) * 1000.0, 2)
+
+    def __call__(self, frame: TimedFrame) -> None:
+        data = frame.data
+        if frame.type == "ack" and data.get("for") == "start":
+            self._line(
+                f"ACK start → seed={data.get('seed')} now='{data.get('now')}' "
+                f"gender={data.get('assistant_gender')} style={data.get('persona_style')} "
+                f"models={data.get('models', {})}"
+            )
+        elif frame.type == "toolcall":
+            self._line(f"TOOLCALL status={data.get('status')} raw={data.get('raw')}")
+            self._line(f"TOOLCALL ttfb_ms={self._ms(frame)}")
+        elif frame.type == "token":
+            if not self.streaming:
+                self._line(f"CHAT ttfb_ms={self._ms(frame)}")
+                self.streaming = True
+            text = data.get("text")
+            self._out.write(text if isinstance(text, str) else "")
+            self._out.flush()
+
+    def finish(self) -> None:
+        if self.streaming:
+            self._out.write("\n")
+            self.streaming = False
+
+
+def _report(result: TurnResult, out: TextIO) -> None:
+    for code, message in zip(result.error_codes, result.error_messages, strict=True):
+        out.write(f"[ERROR] {code}: {message}\n")
+        if code in HINTS:
+            out.write(f"[HINT] {HINTS[code]}\n")
+    if result.ack is None:
+        out.write("[WARN] no ACK(start) received from server\n")
+    if result.done:
+        metrics = {"type": "metrics", "ok": not result.cancelled, **result.metrics().as_dict()}
+        out.write(json.dumps(metrics, ensure_ascii=False) + "\n")
+        out.write(json.dumps({"type": "final_text", "text": result.text}, ensure_ascii=False))
+        out.write("\n")
+    out.flush()
+
+
+async def run_warmup(config: WarmupConfig, out: TextIO) -> int:
+    """Run one turn against ``config.url``, printing to ``out``; returns the exit status."""
+    out.write(f"Connecting to {config.url} (with API key auth) …\n")
+    out.flush()
+    start = start_message(
+        str(uuid.uuid4()),
+        config.message,
+        assistant_gender=config.assistant_gender,
+        persona_style=config.persona_style,
+    )
+    try:
+        async with open_stream(config.url, config.api_key) as stream:
+            sent_at = await stream.send(start)
+            printer = _Printer(out, sent_at)
+            try:
+                result = await collect_turn(
+                    stream, sent_at, recv_timeout_s=config.recv_timeout_s, on_frame=printer
+                )
+            except TurnTimeout as exc:
+                printer.finish()
+                out.write("[ERROR] recv timeout\n")
+                out.flush()
+                result = exc.partial
+                if result.ack is None:
+                    out.write("[WARN] no ACK(start) received from server\n")
+                return 1
+            printer.finish()
+    except InvalidStatus as exc:
+        out.write(f"[ERROR] handshake refused: HTTP {exc.response.status_code}\n")
+        return 1
+    except (OSError, TimeoutError) as exc:
+        out.write(f"[ERROR] cannot connect to {config.url}: {exc}\n")
+        return 1
+    _report(result, out)
+    return 0 if result.ok else 1
+
+
+async def amain(argv: Sequence[str], env: Mapping[str, str], out: TextIO) -> int:
+    return await run_warmup(parse_args(argv, env), out)
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def main() -> None:
+    with _runner() as runner:
+        try:
+            status = runner.run(amain(sys.argv[1:], os.environ, sys.stdout))
+        except KeyboardInterrupt:
+            status = 130
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
