@@ -25,7 +25,7 @@ alias start := up-detached
 down *args:
     {{ quote(python) }} -m launcher down "$@"
 
-# Say whether a launcher is running (`python -m launcher status` exits 3 if not).
+# A live table of the running system's actors and edges, from the bus (`--once` to print once).
 status *args:
     -{{ quote(python) }} -m launcher status "$@"
 

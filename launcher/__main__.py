@@ -21,12 +21,14 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
+import nats
 
 from configs.loader import ConfigError, load_config
 from configs.schema import Config
 from launcher.errors import AlreadyRunning, describe_exit
 from launcher.net import connect_host, free_port
 from launcher.rundir import RunDir, launcher_alive, wait_exit
+from launcher.status import BusAccess, collect, read_access, render, write_access
 from launcher.supervisor import LaunchOptions, Supervisor
 
 __all__ = ["main"]
@@ -99,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_run_dir(down)
 
-    status = commands.add_parser("status", help="say whether a launcher is running")
+    status = commands.add_parser(
+        "status", help="say whether a launcher is running, and show its actors and edges"
+    )
+    status.add_argument("--once", action="store_true", help="print the table once and exit")
     _add_run_dir(status)
     return parser
 
@@ -156,9 +161,13 @@ def _up(args: argparse.Namespace) -> int:
             actor_ready_timeout_s=args.ready_timeout,
             stop_timeout_s=args.stop_timeout,
         )
-        supervisor = Supervisor(
-            config, env, options, on_ready=_ready_notifier(args.notify_fd, config, log)
-        )
+        notify = _ready_notifier(args.notify_fd, config, log)
+
+        def on_ready() -> None:
+            write_access(run_dir.path, supervisor.observer_access)
+            notify()
+
+        supervisor = Supervisor(config, env, options, on_ready=on_ready)
         log.info("launcher pid %d, run dir %s", pid, run_dir.path)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_serve(supervisor))
@@ -318,7 +327,27 @@ def _status(args: argparse.Namespace) -> int:
         print("not running")
         return 3  # the LSB code for "program is not running"
     print(f"running (launcher pid {pid}, log {run_dir.log_path})")
-    return 0
+    access = read_access(run_dir.path)
+    if access is None:
+        print("(no bus access file yet: the system is still starting)")
+        return 0
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_watch(access, once=args.once))
+
+
+async def _watch(access: BusAccess, *, once: bool) -> int:
+    """Redraw the table every second until Ctrl-C (or once)."""
+    tty = sys.stdout.isatty()
+    while True:
+        try:
+            snapshot = await collect(access)
+        except (OSError, nats.errors.Error) as exc:
+            print(f"cannot reach the bus at {access.url}: {exc!r}")
+            return 1
+        table = render(snapshot)
+        print(("\x1b[H\x1b[2J" if tty and not once else "") + table, flush=True)
+        if once:
+            return 0
 
 
 if __name__ == "__main__":

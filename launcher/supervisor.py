@@ -31,6 +31,7 @@ from launcher.errors import LauncherError, ServiceExited, StartupTimeout
 from launcher.nats import NatsServer
 from launcher.net import http_status
 from launcher.process import ChildProcess
+from launcher.status import BusAccess
 
 __all__ = ["LaunchOptions", "Supervisor"]
 
@@ -102,6 +103,16 @@ class Supervisor:
         self._watched: list[tuple[str, Callable[[], Awaitable[int]]]] = []
         self._pids: dict[str, int] = {}
         self._observer: tuple[str, str] | None = None  # (password, user) for heartbeats
+        self._bus_url = config.bus.url
+
+    @property
+    def observer_access(self) -> BusAccess:
+        """How ``just status`` reaches this run's bus (valid once it is ready)."""
+        if self._observer is None:
+            bus = self._config.bus
+            return BusAccess(self._bus_url, bus.user, bus.password)
+        password, user = self._observer
+        return BusAccess(self._bus_url, user, password)
 
     @property
     def pids(self) -> Mapping[str, int]:
@@ -148,6 +159,7 @@ class Supervisor:
         # Unbuffered, so that children's logs reach a detached launcher's log file live.
         env.setdefault("PYTHONUNBUFFERED", "1")
         bus_url = config.bus.url
+        self._bus_url = bus_url
         role_env: dict[str, dict[str, str]] = {"edge": {}, "actor": {}}
         if options.start_nats:
             # A locked-down bus: each process kind gets its own user and subjects,
@@ -170,6 +182,7 @@ class Supervisor:
             )
             self._watch("nats-server", server.wait, server.pid)
             bus_url = server.url
+            self._bus_url = bus_url
             env["YAP_NATS_URL"] = bus_url
 
         # One at a time, tool first; see the module docstring for why not together.

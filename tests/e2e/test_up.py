@@ -99,6 +99,21 @@ async def test_up_detached_ready_then_down(tmp_path: Path, model_cache: Path) ->
         log = log_path.read_text()
         for service in ("nats-server", "tool actor", "chat actor", "edge"):
             assert f"{service} ready in" in log or f"{service} ready on" in log, log
+
+        # just status reads the live system from the bus, as the observer user.
+        status = _launcher("status", "--once", cwd=tmp_path, timeout_s=30)
+        assert status.returncode == 0, status.stderr
+        table = status.stdout
+        assert "tool  ready" in table and "chat  ready" in table, table
+        assert "edge-" in table, table
+
+        # The bus is locked down: the run's nats config has per-role users, and no
+        # password of theirs reaches any log.
+        access = json.loads((tmp_path / ".yap" / "run" / "bus.json").read_text())
+        assert access["user"] == "observer" and access["password"]
+        logs = log + "".join(p.read_text() for p in (tmp_path / ".yap").rglob("*.log"))
+        assert access["password"] not in logs
+        assert "yap_token" not in logs  # the API key neither
     finally:
         down = _launcher("down", cwd=tmp_path, timeout_s=_DOWN_TIMEOUT_S + 15)
     assert down.returncode == 0, down.stderr
