@@ -332,7 +332,8 @@ def _status(args: argparse.Namespace) -> int:
         print("(no bus access file yet: the system is still starting)")
         return 0
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_watch(access, once=args.once))
+        # Live only on a terminal; a script or a pipe gets one table.
+        return runner.run(_watch(access, once=args.once or not sys.stdout.isatty()))
 
 
 async def _watch(access: BusAccess, *, once: bool) -> int:
