@@ -99,6 +99,7 @@ class ClientConnection:
         self._messages = RateLimiter(edge.messages_per_minute)
         self._cancels = RateLimiter(edge.cancels_per_minute)
         self._close_code: tuple[int, str] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def turn_running(self) -> bool:
@@ -111,7 +112,7 @@ class ClientConnection:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                writer = group.create_task(self._write_loop())
+                writer = self._writer = group.create_task(self._write_loop())
                 try:
                     await self._read_loop()
                 finally:
@@ -142,6 +143,9 @@ class ClientConnection:
                 )
         self._close_code = (1001, "server shutting down")
         self._outbox.close()
+        if self._writer is not None:
+            # The last frames (the turn's error and done) go out before the close.
+            await asyncio.wait({self._writer}, timeout=1.0)
         await self._ws.close(1001, "server shutting down")
 
     async def bus_lost(self) -> None:
