@@ -334,19 +334,21 @@ async def test_up_detached_then_down(tmp_path: Path) -> None:
     assert f"ws://127.0.0.1:{edge_port}" in result.stdout
 
     pid_file = tmp_path / ".yap" / "run" / "launcher.pid"
-    launcher = process_id(int(pid_file.read_text()))
-    assert launcher is not None
-    processes = {launcher} | descendants(launcher[0])
-    # nats-server, two actors, the edge, each with nothing below it.
-    assert len(processes) == 5, processes
-    assert await http_status("127.0.0.1", edge_port, "/healthz") == 200
-    assert _cli("status", cwd=tmp_path, env=env).returncode == 0
+    processes: set[ProcessId] = set()
+    try:  # a failed check must not leave the detached system running
+        launcher = process_id(int(pid_file.read_text()))
+        assert launcher is not None
+        processes = {launcher} | descendants(launcher[0])
+        # nats-server, two actors, the edge, each with nothing below it.
+        assert len(processes) == 5, processes
+        assert await http_status("127.0.0.1", edge_port, "/healthz") == 200
+        assert _cli("status", cwd=tmp_path, env=env).returncode == 0
 
-    again = _up_detached(tmp_path, env, free_port())
-    assert again.returncode == 1
-    assert "already running" in again.stderr
-
-    down = _cli("down", cwd=tmp_path, env=env)
+        again = _up_detached(tmp_path, env, free_port())
+        assert again.returncode == 1
+        assert "already running" in again.stderr
+    finally:
+        down = _cli("down", cwd=tmp_path, env=env)
     assert down.returncode == 0, down.stderr
     assert not await _until_gone(processes)
     assert not pid_file.exists()
