@@ -21,6 +21,7 @@ from typing import Final
 import msgspec
 
 from actors.engines.base import Tokenizer
+from actors.prompts.sanitize import neutralize_control_tokens
 from actors.prompts.trim import (
     DEFAULT_HISTORY_MAX_TOKENS,
     DEFAULT_USER_UTT_MAX_TOKENS,
@@ -79,7 +80,12 @@ def build_chat_prompt(
         ValueError: a token budget is negative.
     """
     head = _head(tokenizer, persona_text, history_text, history_max_tokens)
-    utterance = trim_to_tokens(tokenizer, user_utterance.strip(), user_utt_max_tokens, "start")
+    utterance = trim_to_tokens(
+        tokenizer,
+        neutralize_control_tokens(tokenizer, user_utterance.strip()),
+        user_utt_max_tokens,
+        "start",
+    )
     text = _render(tokenizer, [*head, {"role": "user", "content": utterance}], generation=True)
     persona_prefix = _prefix(tokenizer, head[:1], text, "")
     history_prefix = (
@@ -128,8 +134,13 @@ def _head(
     tokenizer: Tokenizer, persona_text: str, history_text: str, history_max_tokens: int
 ) -> list[Message]:
     """The persona message and, when there is history, the history message."""
-    head = [{"role": "system", "content": persona_text}]
-    history = trim_to_tokens(tokenizer, history_text.strip(), history_max_tokens, "end").strip()
+    head = [{"role": "system", "content": neutralize_control_tokens(tokenizer, persona_text)}]
+    history = trim_to_tokens(
+        tokenizer,
+        neutralize_control_tokens(tokenizer, history_text.strip()),
+        history_max_tokens,
+        "end",
+    ).strip()
     if history:
         head.append({"role": "system", "content": HISTORY_LABEL + history})
     return head

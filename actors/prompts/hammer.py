@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from actors.engines.base import Tokenizer
+from actors.prompts.sanitize import neutralize_control_tokens
 from actors.prompts.trim import (
     DEFAULT_HISTORY_MAX_TOKENS,
     DEFAULT_USER_UTT_MAX_TOKENS,
@@ -82,8 +83,18 @@ def build_tool_prompt(
     Raises:
         ValueError: a token budget is negative.
     """
-    history = trim_to_tokens(tokenizer, history_text.strip(), history_max_tokens, "end").strip()
-    query = trim_to_tokens(tokenizer, user_utterance.strip(), user_utt_max_tokens, "start")
+    history = trim_to_tokens(
+        tokenizer,
+        neutralize_control_tokens(tokenizer, history_text.strip()),
+        history_max_tokens,
+        "end",
+    ).strip()
+    query = trim_to_tokens(
+        tokenizer,
+        neutralize_control_tokens(tokenizer, user_utterance.strip()),
+        user_utt_max_tokens,
+        "start",
+    )
     sections = [
         _section("TASK INSTRUCTION", _TASK_INSTRUCTION),
         _section("AVAILABLE TOOLS", json.dumps([dict(tool) for tool in tools])),
