@@ -28,7 +28,11 @@ async def _run(config: Config, kind: Literal["tool", "chat"]) -> int:
         loop.add_signal_handler(sig, stop.set)
     actor_id = f"{kind}-{uuid.uuid4().hex[:10]}"
     engine = build_engine(config, kind)
-    worker = ToolWorker(config.tool, engine) if kind == "tool" else ChatWorker(config.chat, engine)
+    worker = (
+        ToolWorker(config.tool, engine)
+        if kind == "tool"
+        else ChatWorker(config.chat, engine, actor_id)
+    )
     async with ActorService(
         config=config.actor,
         actor_id=actor_id,

@@ -17,9 +17,10 @@ __all__ = ["ChatWorker"]
 class ChatWorker:
     kind = "chat"
 
-    def __init__(self, config: ChatConfig, engine: Engine) -> None:
+    def __init__(self, config: ChatConfig, engine: Engine, actor_id: str = "") -> None:
         self._config = config
         self._engine = engine
+        self.actor_id = actor_id
 
     def _sampling(self, seed: int | None) -> SamplingSpec:
         sampling = self._config.sampling
@@ -77,4 +78,4 @@ class ChatWorker:
             )
             size = len(event.history_text.encode())
         tokens = await self._engine.warm(prompt)
-        return Warmed(event.session_id, event.turn_id, event.segment, size, tokens)
+        return Warmed(event.session_id, event.turn_id, event.segment, size, tokens, self.actor_id)

@@ -115,6 +115,17 @@ class ActorService:
             self._start_subs.append(
                 await self._nc.subscribe(subjects.all_chat_warms(), queue=queue, cb=self._on_warm)
             )
+            # Addressed to this actor alone: sessions whose prefixes it has cached.
+            self._start_subs.append(
+                await self._nc.subscribe(
+                    subjects.all_chat_starts_at(self.actor_id), cb=self._on_start
+                )
+            )
+            self._start_subs.append(
+                await self._nc.subscribe(
+                    subjects.all_chat_warms_at(self.actor_id), cb=self._on_warm
+                )
+            )
         self._subs.append(await self._nc.subscribe(subjects.all_cancels(), cb=self._on_cancel))
         await self._nc.flush()
         self._ready = True

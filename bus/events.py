@@ -149,6 +149,7 @@ class Warmed(Event, tag="warmed"):
     segment: Literal["persona", "history"]
     bytes: int
     tokens: int = 0
+    actor_id: str = ""  # whose cache now holds it: the session's next turns go there
 
 
 OutboundEvent = ToolCall | Token | Done | Error | Warmed

@@ -22,11 +22,15 @@ __all__ = [
     "OutKind",
     "all_cancels",
     "all_chat_starts",
+    "all_chat_starts_at",
     "all_chat_warms",
+    "all_chat_warms_at",
     "all_tool_starts",
     "cancel",
     "chat_start",
+    "chat_start_at",
     "chat_warm",
+    "chat_warm_at",
     "edge_stats",
     "heartbeat",
     "out",
@@ -80,6 +84,24 @@ def chat_start(session_id: str) -> str:
 
 def chat_warm(session_id: str) -> str:
     return f"{_session(session_id)}.in.chat.warm"
+
+
+# Session affinity: the same chat actor serves a session's turns while it lives, so
+# its engine's prefix cache still holds the session's persona and history.
+def chat_start_at(session_id: str, actor_id: str) -> str:
+    return f"{chat_start(session_id)}.{validate_session_id(actor_id)}"
+
+
+def chat_warm_at(session_id: str, actor_id: str) -> str:
+    return f"{chat_warm(session_id)}.{validate_session_id(actor_id)}"
+
+
+def all_chat_starts_at(actor_id: str) -> str:
+    return f"{all_chat_starts()}.{validate_session_id(actor_id)}"
+
+
+def all_chat_warms_at(actor_id: str) -> str:
+    return f"{all_chat_warms()}.{validate_session_id(actor_id)}"
 
 
 def cancel(session_id: str) -> str:

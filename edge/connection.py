@@ -378,6 +378,7 @@ class ClientConnection:
         state = self._state
         plan = turn.machine.plan
         start = turn.start
+        direct: str | None = None
         if kind == "tool":
             subject = subjects.tool_start(plan.session_id)
             event: ToolStart | ChatStart = ToolStart(
@@ -388,6 +389,8 @@ class ClientConnection:
             )
         else:
             subject = subjects.chat_start(plan.session_id)
+            if (actor := self._affine_chat_actor()) is not None:
+                direct = subjects.chat_start_at(plan.session_id, actor)
             event = ChatStart(
                 plan.session_id,
                 plan.turn_id,
@@ -403,8 +406,8 @@ class ClientConnection:
             )
         else:
             try:
-                msg = await state.nc.request(
-                    subject, state.codec.encode(event), timeout=state.config.edge.start_timeout_s
+                msg = await self._request(
+                    direct, subject, state.codec.encode(event), state.config.edge.start_timeout_s
                 )
                 reply = state.codec.decode_reply(msg.data)
             except NoRespondersError:
@@ -425,12 +428,42 @@ class ClientConnection:
                     case Accepted(actor_id=actor_id):
                         turn.actors[kind] = actor_id
                         turn.log.debug("%s leg accepted by %s", kind, actor_id)
+                        if kind == "chat":
+                            await self._remember_chat_actor(plan.session_id, actor_id)
                     case Rejected(code=code, message=text):
                         actions = turn.machine.fail(code, text)
                     case _:
                         actions = turn.machine.fail(errors.INTERNAL_ERROR, "unexpected reply")
         if actions:
             await self._perform(turn, actions)
+
+    async def _request(
+        self, direct: str | None, shared: str, payload: bytes, timeout_s: float
+    ) -> Msg:
+        """Ask the session's own actor when it has one, else (or if it is gone) any."""
+        nc = self._state.nc
+        if direct is not None:
+            try:
+                return await nc.request(direct, payload, timeout=timeout_s)
+            except NoRespondersError:
+                self._log.info("session's chat actor is gone; routing to any")
+        return await nc.request(shared, payload, timeout=timeout_s)
+
+    def _affine_chat_actor(self) -> str | None:
+        """The live chat actor that holds this session's prefixes, if any."""
+        actor = self._settings.chat_actor if self._settings is not None else None
+        if actor is None:
+            return None
+        live = {s.heartbeat.actor_id for s in self._state.registry.live("chat")}
+        return actor if actor in live else None
+
+    async def _remember_chat_actor(self, session_id: str, actor_id: str) -> None:
+        settings = self._settings
+        if settings is None or self._session_id != session_id or not actor_id:
+            return
+        if settings.chat_actor != actor_id:
+            self._settings = msgspec.structs.replace(settings, chat_actor=actor_id)
+            await self._state.sessions.put(session_id, self._settings)
 
     async def _publish_cancel(self, turn: _Turn, reason: str) -> None:
         plan = turn.machine.plan
@@ -498,11 +531,13 @@ class ClientConnection:
                 persona=settings.persona(),
                 history_text=message.history_text,
             )
+        actor = self._affine_chat_actor() if self._session_id else None
         try:
-            msg = await state.nc.request(
+            msg = await self._request(
+                subjects.chat_warm_at(session_id, actor) if actor else None,
                 subjects.chat_warm(session_id),
                 state.codec.encode(event),
-                timeout=max(state.config.edge.event_timeout_s, 1.0),
+                max(state.config.edge.event_timeout_s, 1.0),
             )
             reply = state.codec.decode_reply(msg.data)
         except NoRespondersError:
@@ -515,7 +550,8 @@ class ClientConnection:
             self._error(errors.BUS_UNAVAILABLE, "the message bus is unavailable; please retry")
             return
         match reply:
-            case Warmed(segment=segment, bytes=size):
+            case Warmed(segment=segment, bytes=size, actor_id=warmed_by):
+                await self._remember_chat_actor(session_id, warmed_by)
                 self._outbox.push(frames.warmed(segment, size))
             case Rejected(code=code, message=text):
                 self._error(code, text)

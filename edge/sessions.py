@@ -34,6 +34,8 @@ class SessionSettings(msgspec.Struct, kw_only=True, frozen=True):
     # Fixed for the session's life, like the original server's "seed" and "now".
     seed: int = 0
     now: str = ""
+    # The chat actor whose prefix cache holds this session (affinity routing).
+    chat_actor: str | None = None
 
     def persona(self) -> Persona:
         return Persona(

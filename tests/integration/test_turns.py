@@ -198,3 +198,29 @@ async def test_metrics_endpoint(nats_server) -> None:
     assert "yap_edge_ttft_seconds_count 1.0" in body
     assert "yap_edge_toolcall_seconds_count 1.0" in body
     assert 'yap_edge_actors_alive{kind="chat"} 1.0' in body
+
+
+async def test_session_affinity_keeps_the_prefix_cache(nats_server) -> None:
+    """With two chat actors, a session's warm and all its turns reach the same one,
+    and when that actor goes away the session moves on to the other."""
+    config = make_config(nats_server.url)
+    async with run_stack(config, chats=2) as stack, stack.client() as ws:
+        await ws.send(start_message("sticky", "first"))
+        await read_turn(ws)
+        await ws.send(json.dumps({"type": "warm_history", "history_text": "user: hi"}))
+        assert (await recv_json(ws))["type"] == "warmed"
+        for n in range(6):
+            await ws.send(start_message("sticky", f"turn{n}"))
+            await read_turn(ws)
+        chats = [a for a in stack.actors if a.kind == "chat"]
+        served = [len(a.engine.prompts) for a in chats]  # type: ignore[attr-defined]
+        warmed = [len(a.engine.warmed) for a in chats]  # type: ignore[attr-defined]
+        home = served.index(max(served))
+        assert served[home] == 7 and served[1 - home] == 0
+        assert warmed[home] == 1
+
+        await chats[home].__aexit__(None, None, None)  # the home actor leaves
+        await ws.send(start_message("sticky", "moved"))
+        frames = await read_turn(ws)
+        assert frames[-1]["type"] == "done" and "usage" in frames[-1]
+        assert len(chats[1 - home].engine.prompts) == 1  # type: ignore[attr-defined]

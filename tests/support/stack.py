@@ -85,7 +85,7 @@ async def run_stack(
             worker = (
                 ToolWorker(config.tool, engine)
                 if kind == "tool"
-                else ChatWorker(config.chat, engine)
+                else ChatWorker(config.chat, engine, f"{kind}-{index}")
             )
             service = ActorService(
                 config=config.actor,
