@@ -233,7 +233,22 @@ class ActorService:
             del self._tombstones[event.turn_id]
             await emit.done("cancelled")
             return
-        self._turns[event.turn_id] = self._group.create_task(self._run_turn(event, emit))
+        task = self._group.create_task(self._run_turn(event, emit))
+        self._turns[event.turn_id] = task
+        task.add_done_callback(lambda _, turn_id=event.turn_id: self._turn_ended(turn_id, emit))
+
+    def _turn_ended(self, turn_id: str, emit: TurnEmitter) -> None:
+        """Whatever became of the task, forget the turn and make sure it ended in a Done.
+
+        A task cancelled before its first step never runs its body (not even its
+        ``finally``), which happens when a cancel lands right behind its start.
+        """
+        self._turns.pop(turn_id, None)
+        if not emit.finished:
+            try:
+                self._spawn(emit.done("cancelled"))
+            except RuntimeError:  # the service is shutting down; edges time the turn out
+                self._log.debug("could not publish done for %s", turn_id)
 
     async def _run_turn(self, event: ToolStart | ChatStart, emit: TurnEmitter) -> None:
         log = logging.LoggerAdapter(

@@ -51,3 +51,5 @@ class Codec:
             return decoder.decode(data)
         except msgspec.DecodeError as exc:  # ValidationError is a subclass
             raise BusDecodeError(str(exc)) from exc
+        except RecursionError:
+            raise BusDecodeError("payload nested too deeply") from None

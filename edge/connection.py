@@ -218,7 +218,6 @@ class ClientConnection:
         if state.shutting_down:
             self._error(errors.SERVER_SHUTTING_DOWN, "the server is restarting; please reconnect")
             return
-        await self._end_turn(reason="barge_in")
         session_id = message.session_id
         known = self._settings if session_id == self._session_id else None
         settings = known or await state.sessions.get(session_id)
@@ -231,6 +230,8 @@ class ClientConnection:
                 "assistant_gender is required on a session's first start: woman or man",
             )
             return
+        # Only a start that will run barges in: a rejected one leaves the turn alone.
+        await self._end_turn(reason="barge_in")
         if known is None or changed:
             await state.sessions.put(session_id, updated)
         settings = updated
@@ -564,14 +565,18 @@ class ClientConnection:
         if session_id is None:
             self._error(errors.NO_SESSION, "send 'start' (or set_persona with a session_id) first")
             return
-        settings = await state.sessions.get(session_id)
+        known = self._settings if session_id == self._session_id else None
+        settings = known or await state.sessions.get(session_id)
         if settings is None:
             settings = new_session(state.rng, datetime.now())
         settings, changed = _apply_persona(settings, message)
         await state.sessions.put(session_id, settings)
-        if session_id != self._session_id:
-            await self._subscribe(session_id)
-        self._settings = settings
+        if self._session_id is None:
+            await self._subscribe(session_id)  # no turn can be running yet
+        if session_id == self._session_id:
+            self._settings = settings
+        # Another session's settings are stored, but this connection stays on its own
+        # session: switching would strand the running turn's events.
         self._outbox.push(
             frames.ack_set_persona(
                 session_id=session_id,

@@ -59,7 +59,7 @@ class ClientProtocol:
             )
         try:
             obj = self._json.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting: RecursionError
             raise ProtocolError(errors.INVALID_JSON, f"message is not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise ProtocolError(errors.INVALID_MESSAGE, "message must be a JSON object")
@@ -75,6 +75,8 @@ class ClientProtocol:
         del obj["type"]
         try:
             message = msgspec.convert(obj, message_type)
+        except RecursionError:
+            raise ProtocolError(errors.INVALID_MESSAGE, "message is nested too deeply") from None
         except msgspec.ValidationError as exc:
             text = str(exc)
             missing = _MISSING.search(text)
