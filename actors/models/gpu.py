@@ -17,6 +17,10 @@ Hugging Face tokenizers copy every added token at load, which takes seconds at
 Usage (also a quick offline smoke test of a GPU box)::
 
     python -m actors.models.gpu --shape qwen2.5-1.5b --out /tmp/models/qwen2.5-1.5b
+    python -m actors.models.gpu --shape mistral-nemo-12b --cache-dir ~/.cache/yap-bus
+
+The second form writes where an engine configured with ``model =
+"random:mistral-nemo-12b"`` and that ``model_cache_dir`` looks for it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
     "generate_gpu_model",
     "hf_config_dict",
     "main",
+    "model_dir",
 ]
 
 # Bump when the build changes in a way the shape does not capture.
@@ -295,6 +300,11 @@ def generate_gpu_model(
     return timings
 
 
+def model_dir(shape: GpuShape, cache_dir: str | Path) -> Path:
+    """The directory under ``cache_dir`` that holds ``shape``'s build (``random:`` models)."""
+    return Path(cache_dir).expanduser() / f"random-{shape.name}-{shape.digest()}"
+
+
 def ensure_gpu_model(shape: GpuShape, out_dir: Path, *, device: str = "cuda") -> Path:
     """Return ``out_dir``, generating ``shape`` there first unless it is already built."""
     out_dir = Path(out_dir)
@@ -336,13 +346,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write a random-weight model in a real model's shape (offline).",
     )
     parser.add_argument("--shape", required=True, choices=sorted(GPU_SHAPES))
-    parser.add_argument("--out", required=True, type=Path, help="model directory to write")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="model directory to write")
+    where.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="write into this cache, where the engine finds model = 'random:<shape>'",
+    )
     parser.add_argument("--device", default="cuda", help="where to draw the weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
     args = parser.parse_args(argv)
 
     shape = GPU_SHAPES[args.shape]
+    if args.out is None:
+        args.out = model_dir(shape, args.cache_dir)
     if _is_built(args.out, shape) and not args.force:
         print(f"{args.out}: {shape.name} already built")
         return 0

@@ -1,0 +1,6 @@
+"""Benchmarks, each run as ``python -m bench.<name>`` from the repository root.
+
+``bench.overhead`` measures what the edge, NATS and the actor add to a token stream
+(CPU); ``bench.direct_server`` is its baseline, the same bench engine behind a bare
+WebSocket server. The GPU benchmarks live beside them.
+"""
