@@ -25,6 +25,7 @@ from actors.prompts.sanitize import neutralize_control_tokens
 from actors.prompts.trim import (
     DEFAULT_HISTORY_MAX_TOKENS,
     DEFAULT_USER_UTT_MAX_TOKENS,
+    trim_history,
     trim_to_tokens,
 )
 
@@ -135,11 +136,8 @@ def _head(
 ) -> list[Message]:
     """The persona message and, when there is history, the history message."""
     head = [{"role": "system", "content": neutralize_control_tokens(tokenizer, persona_text)}]
-    history = trim_to_tokens(
-        tokenizer,
-        neutralize_control_tokens(tokenizer, history_text.strip()),
-        history_max_tokens,
-        "end",
+    history = trim_history(
+        tokenizer, neutralize_control_tokens(tokenizer, history_text.strip()), history_max_tokens
     ).strip()
     if history:
         head.append({"role": "system", "content": HISTORY_LABEL + history})

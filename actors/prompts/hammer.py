@@ -18,6 +18,7 @@ from actors.prompts.sanitize import neutralize_control_tokens
 from actors.prompts.trim import (
     DEFAULT_HISTORY_MAX_TOKENS,
     DEFAULT_USER_UTT_MAX_TOKENS,
+    trim_history,
     trim_to_tokens,
 )
 
@@ -83,11 +84,8 @@ def build_tool_prompt(
     Raises:
         ValueError: a token budget is negative.
     """
-    history = trim_to_tokens(
-        tokenizer,
-        neutralize_control_tokens(tokenizer, history_text.strip()),
-        history_max_tokens,
-        "end",
+    history = trim_history(
+        tokenizer, neutralize_control_tokens(tokenizer, history_text.strip()), history_max_tokens
     ).strip()
     query = trim_to_tokens(
         tokenizer,

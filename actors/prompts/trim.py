@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_HISTORY_MAX_TOKENS",
     "DEFAULT_USER_UTT_MAX_TOKENS",
     "Keep",
+    "trim_history",
     "trim_to_tokens",
 ]
 
@@ -73,6 +74,42 @@ def trim_to_tokens(tokenizer: Tokenizer, text: str, max_tokens: int, keep: Keep)
             return trimmed
         cut -= overshoot
     return ""
+
+
+def trim_history(tokenizer: Tokenizer, text: str, max_tokens: int) -> str:
+    """Keep the recent end of a transcript, cutting its front in whole steps.
+
+    A conversation's history grows at its end from turn to turn. Keeping exactly the
+    last ``max_tokens`` tokens would move its first token on every turn once it is
+    over the budget, and the prefix cache would never again reuse it. Instead the
+    front is cut in steps of a third of the budget, counted from the start of the
+    text: the cut only moves when the history has grown by another step, so for
+    several turns in a row the history (and the prompt up to it) starts the same.
+    The result holds between two thirds of the budget and the whole of it.
+
+    Args:
+        tokenizer: the serving model's tokenizer.
+        text: the transcript, oldest first.
+        max_tokens: the budget.
+
+    Raises:
+        ValueError: ``max_tokens`` is negative.
+    """
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+    if max_tokens == 0:
+        return ""
+    if len(text) < max_tokens and len(text.encode("utf-8")) < max_tokens:
+        return text
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= max_tokens:
+        return text
+    step = max(1, max_tokens // 3)
+    drop = -(-(len(ids) - max_tokens) // step) * step  # whole steps, rounded up
+    trimmed = _decode_slice(tokenizer, text, ids, len(ids) - drop, "end")
+    if len(tokenizer.encode(trimmed, add_special_tokens=False)) <= max_tokens:
+        return trimmed
+    return trim_to_tokens(tokenizer, text, max_tokens, "end")  # a re-encoding overshoot
 
 
 def _decode_slice(tokenizer: Tokenizer, text: str, ids: list[int], cut: int, keep: Keep) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -93,3 +95,31 @@ def test_trimmed_text_fits_and_is_a_prefix_or_suffix(words, budget, keep):
     assert text.startswith(trimmed) if keep == "start" else text.endswith(trimmed)
     if len(tokenizer.encode(text)) <= budget:
         assert trimmed == text
+
+
+def test_history_cut_point_is_stable_as_it_grows() -> None:
+    """As a transcript grows turn by turn past the budget, its trimmed front moves only
+    in whole steps, so consecutive turns mostly share the same history start."""
+    from actors.engines.fake import FakeTokenizer
+    from actors.prompts.trim import trim_history
+
+    tokenizer = FakeTokenizer()  # one token per character
+    history = "".join(f"line {i:04d}.\n" for i in range(100))  # 1100 characters
+    starts = []
+    for turn in range(30):
+        history += f"turn {turn:03d} said.\n"  # ~18 tokens a turn
+        kept = trim_history(tokenizer, history, 900)
+        assert 600 <= len(kept) <= 900
+        assert history.endswith(kept)
+        starts.append(len(history) - len(kept))
+    moves = sum(1 for a, b in itertools.pairwise(starts) if a != b)
+    assert moves <= 3  # 30 turns of ~18 tokens cross a 300-token step at most twice
+
+
+def test_history_within_budget_is_unchanged() -> None:
+    """A history under the budget comes back as the same string."""
+    from actors.engines.fake import FakeTokenizer
+    from actors.prompts.trim import trim_history
+
+    text = "user: hi\nassistant: hello\n"
+    assert trim_history(FakeTokenizer(), text, 3000) is text
