@@ -128,6 +128,10 @@ class EngineConfig(_Base):
     priority: int = 0
     # The benchmark engine's pace, in tokens per second.
     bench_tokens_per_s: float = 200.0
+    # Benchmark engine only (bench.overhead): stamp each delta with its emit time,
+    # and append "<request_id> <monotonic_ns>" lines to this file on every abort.
+    bench_stamp: bool = False
+    bench_abort_log: str | None = None
     sampling: SamplingConfig = SamplingConfig()
 
 

@@ -12,6 +12,12 @@ the step's deadline as timeout, so ``abort()`` ends it with ``finish_reason
 the ``time.monotonic()`` of the ``abort()`` call, or of the consuming task's
 cancellation (how actors stop a turn), which a benchmark on the same host can
 compare with when it sent the cancel.
+
+Two options serve ``bench.overhead``, which measures the bus in other processes:
+``bench_stamp`` writes each delta as ``tok@<time.monotonic_ns()> `` (CLOCK_MONOTONIC
+is one clock for every process on a Linux host, so a client can take its own
+``monotonic_ns()`` at arrival and get the one-way delay), and ``bench_abort_log``
+names a file that gets one ``<request_id> <monotonic_ns>`` line per abort.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ WORD = "tok "
 # Every SENTENCE_WORDS-th word ends a sentence, so first-sentence latency is measurable.
 SENTENCE_WORDS = 8
 SENTENCE_END = "tok. "
+STAMPED_WORD = "tok@{ns} "
+STAMPED_SENTENCE_END = "tok@{ns}. "
 
 
 class BenchEngine:
@@ -46,6 +54,13 @@ class BenchEngine:
         self._idle = asyncio.Event()
         self._idle.set()
         self.abort_times: dict[str, float] = {}
+        self._stamp = config.bench_stamp
+        # Line-buffered: a reader sees each abort as soon as it happens.
+        self._abort_log = (
+            open(config.bench_abort_log, "a", buffering=1)  # noqa: SIM115 (closed in close())
+            if config.bench_abort_log
+            else None
+        )
 
     @property
     def tokenizer(self) -> FakeTokenizer:
@@ -99,7 +114,7 @@ class BenchEngine:
                 if last:
                     self._release(request_id, aborted)
                 yield EngineOutput(
-                    text=SENTENCE_END if step % SENTENCE_WORDS == 0 else WORD,
+                    text=self._word(step),
                     finish_reason="length" if last else None,
                     prompt_tokens=prompt_tokens,
                     completion_tokens=step,
@@ -107,11 +122,25 @@ class BenchEngine:
         except asyncio.CancelledError:
             # Actors stop a turn by cancelling the task that consumes the stream; for
             # a cancel-to-abort measurement that moment is the abort.
-            self.abort_times.setdefault(request_id, time.monotonic())
+            if request_id not in self.abort_times:
+                self._record_abort(request_id)
             raise
         finally:
             # Also reached when the consumer closes the stream early.
             self._release(request_id, aborted)
+
+    def _word(self, step: int) -> str:
+        sentence_end = step % SENTENCE_WORDS == 0
+        if self._stamp:
+            template = STAMPED_SENTENCE_END if sentence_end else STAMPED_WORD
+            return template.format(ns=time.monotonic_ns())
+        return SENTENCE_END if sentence_end else WORD
+
+    def _record_abort(self, request_id: str) -> None:
+        now_ns = time.monotonic_ns()
+        self.abort_times[request_id] = now_ns / 1e9  # the time.monotonic() scale
+        if self._abort_log is not None:
+            self._abort_log.write(f"{request_id} {now_ns}\n")
 
     def _release(self, request_id: str, event: asyncio.Event) -> None:
         # Only our own entry: a finished stream closed late must not drop a newer
@@ -144,7 +173,7 @@ class BenchEngine:
         event = self._running.get(request_id)
         if event is None or event.is_set():
             return
-        self.abort_times[request_id] = time.monotonic()
+        self._record_abort(request_id)
         event.set()
 
     async def warm(self, prompt: str) -> int:
@@ -153,3 +182,6 @@ class BenchEngine:
     async def close(self) -> None:
         for request_id in list(self._running):
             await self.abort(request_id)
+        if self._abort_log is not None:
+            self._abort_log.close()
+            self._abort_log = None
