@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ from actors.service import ActorService
 from actors.tool import ToolWorker
 from bus.codec import Codec
 from bus.logs import setup_logging
+from bus.metrics_http import MetricsServer
 from configs import ConfigError, load_config
 from configs.schema import Config
 
@@ -33,7 +35,7 @@ async def _run(config: Config, kind: Literal["tool", "chat"]) -> int:
         if kind == "tool"
         else ChatWorker(config.chat, engine, actor_id)
     )
-    async with ActorService(
+    service = ActorService(
         config=config.actor,
         actor_id=actor_id,
         engine=engine,
@@ -41,7 +43,20 @@ async def _run(config: Config, kind: Literal["tool", "chat"]) -> int:
         bus=config.bus,
         codec=Codec(),
         log=log,
-    ) as service:
+    )
+    port = config.actor.tool_metrics_port if kind == "tool" else config.actor.chat_metrics_port
+    async with contextlib.AsyncExitStack() as stack:
+        if port:
+            metrics = await stack.enter_async_context(
+                MetricsServer(service.metrics.registry, config.actor.metrics_host, port)
+            )
+            log.info(
+                "%s actor metrics on http://%s:%d/metrics",
+                kind,
+                config.actor.metrics_host,
+                metrics.port,
+            )
+        await stack.enter_async_context(service)
         fatal = asyncio.create_task(service.fatal.wait())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)

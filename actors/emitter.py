@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from nats.aio.client import Client as NatsClient
 
 from bus import subjects
@@ -25,16 +27,23 @@ class TurnEmitter:
         self._seq = 0
         self._token_subject = subjects.out(session_id, "token")
         self.finished = False
+        self.tokens_sent = 0
+        self.first_event_at: float | None = None  # the leg's first toolcall or token
 
     def _next(self) -> int:
         self._seq += 1
         return self._seq
 
     async def token(self, text: str) -> None:
+        self.tokens_sent += 1
+        if self.first_event_at is None:
+            self.first_event_at = time.monotonic()
         event = Token(self.session_id, self.turn_id, self._next(), text)
         await self._nc.publish(self._token_subject, self._encode(event))
 
     async def toolcall(self, status: str, raw: str, calls: tuple[ToolCallSpec, ...]) -> None:
+        if self.first_event_at is None:
+            self.first_event_at = time.monotonic()
         event = ToolCall(self.session_id, self.turn_id, self._next(), status, raw, calls)  # type: ignore[arg-type]
         await self._nc.publish(subjects.out(self.session_id, "toolcall"), self._encode(event))
 

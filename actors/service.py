@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 
 from actors.emitter import TurnEmitter
 from actors.engines.base import Engine, EngineDeadError, EngineRequestError
+from actors.metrics import ActorMetrics
 from bus import subjects
 from bus.codec import BusDecodeError, Codec
 from bus.connect import connect
@@ -88,6 +89,7 @@ class ActorService:
         self._ready = False
         self._draining = False
         self.fatal = asyncio.Event()  # set when the engine is dead
+        self.metrics = ActorMetrics(self.kind, lambda: len(self._turns), engine.running)
 
     @property
     def running(self) -> int:
@@ -195,6 +197,7 @@ class ActorService:
             event = self._codec.decode_inbound(msg.data)
         except BusDecodeError as exc:
             self._log.warning("dropped malformed start on %s: %s", msg.subject, exc)
+            self.metrics.bus_drops.inc()
             await self._reply(msg, Rejected("", "", self.actor_id, "bad_request", str(exc)))
             return
         if not isinstance(event, ToolStart | ChatStart) or (
@@ -257,30 +260,39 @@ class ActorService:
         )
         started = time.monotonic()
         log.info("%s turn start", self.kind)
+        outcome = "completed"
         try:
             await self._worker.run_turn(event, emit)
         except asyncio.CancelledError:
+            outcome = "cancelled"
             log.info(
                 "%s turn cancelled after %.0f ms", self.kind, (time.monotonic() - started) * 1000
             )
             await emit.done("cancelled")
             raise
         except EngineDeadError as exc:
+            outcome = "engine_dead"
             log.error("engine dead: %s", exc)
             await emit.error("engine_dead", "the model engine stopped; retry shortly")
             await emit.done("error")
             self.fatal.set()
         except EngineRequestError as exc:
+            outcome = "failed"
             log.warning("%s turn failed: %s", self.kind, exc)
             await emit.error("actor_error", f"generation failed: {exc}")
             await emit.done("error")
         except Exception:
+            outcome = "crashed"
             log.exception("%s turn crashed", self.kind)
             await emit.error("internal_error", "the actor failed on this turn")
             await emit.done("error")
         else:
             log.info("%s turn done in %.0f ms", self.kind, (time.monotonic() - started) * 1000)
         finally:
+            self.metrics.turns.labels(self.kind, outcome).inc()
+            self.metrics.tokens.inc(emit.tokens_sent)
+            if emit.first_event_at is not None:
+                self.metrics.first_output.observe(emit.first_event_at - started)
             self._turns.pop(event.turn_id, None)
 
     async def _on_cancel(self, msg: Msg) -> None:
@@ -288,6 +300,7 @@ class ActorService:
             event = self._codec.decode_inbound(msg.data)
         except BusDecodeError as exc:
             self._log.warning("dropped malformed cancel on %s: %s", msg.subject, exc)
+            self.metrics.bus_drops.inc()
             return
         if not isinstance(event, Cancel):
             return
@@ -305,6 +318,7 @@ class ActorService:
             event = self._codec.decode_inbound(msg.data)
         except BusDecodeError as exc:
             self._log.warning("dropped malformed warm on %s: %s", msg.subject, exc)
+            self.metrics.bus_drops.inc()
             return
         if not isinstance(event, Warm):
             return

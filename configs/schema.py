@@ -150,6 +150,10 @@ class ToolConfig(EngineConfig):
 
 class ActorConfig(_Base):
     heartbeat_interval_s: float = 0.25
+    # Prometheus /metrics of each actor kind on this host; 0 turns it off.
+    metrics_host: str = "127.0.0.1"
+    tool_metrics_port: int = 0
+    chat_metrics_port: int = 0
     max_running: int = 64
     drain_timeout_s: float = 5.0
 

@@ -224,3 +224,25 @@ async def test_session_affinity_keeps_the_prefix_cache(nats_server) -> None:
         frames = await read_turn(ws)
         assert frames[-1]["type"] == "done" and "usage" in frames[-1]
         assert len(chats[1 - home].engine.prompts) == 1  # type: ignore[attr-defined]
+
+
+async def test_actor_metrics_endpoint(nats_server) -> None:
+    """An actor's own /metrics counts its turns and observes its first output."""
+    from bus.metrics_http import MetricsServer
+
+    config = make_config(nats_server.url)
+    async with run_stack(config) as stack:
+        async with stack.client() as ws:
+            await ws.send(start_message("am1"))
+            await read_turn(ws)
+        chat = next(a for a in stack.actors if a.kind == "chat")
+        async with MetricsServer(chat.metrics.registry, "127.0.0.1", 0) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            body = (await reader.read()).decode()
+            writer.close()
+    assert body.startswith("HTTP/1.1 200 OK")
+    assert 'yap_actor_turns_total{kind="chat",outcome="completed"} 1.0' in body
+    assert 'yap_actor_first_output_seconds_count{kind="chat"} 1.0' in body
+    assert 'yap_actor_token_events_total{kind="chat"} 12.0' in body
+    assert "yap_actor_engine_running 0.0" in body
