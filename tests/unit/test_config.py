@@ -90,10 +90,13 @@ def test_default_cpu_toml_loads() -> None:
 
 
 def test_cpu_toml_matches_built_in_defaults() -> None:
-    """Every cpu.toml value is also the built-in default except the chat sampling it notes."""
+    """Every cpu.toml value is also the built-in default except what it notes: the chat
+    sampling and the actors' metrics ports (off by default, on for `just up`)."""
     config = load_config()
+    assert (config.actor.tool_metrics_port, config.actor.chat_metrics_port) == (9101, 9102)
     chat = msgspec.structs.replace(config.chat, sampling=SamplingConfig())
-    assert msgspec.structs.replace(config, chat=chat) == Config()
+    actor = msgspec.structs.replace(config.actor, tool_metrics_port=0, chat_metrics_port=0)
+    assert msgspec.structs.replace(config, chat=chat, actor=actor) == Config()
 
 
 def test_environment_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
