@@ -17,6 +17,7 @@ from actors.service import ActorService
 from actors.tool import ToolWorker
 from bus.codec import Codec
 from bus.logs import setup_logging
+from bus.loop import loop_factory
 from bus.metrics_http import MetricsServer
 from configs import ConfigError, load_config
 from configs.schema import Config
@@ -77,13 +78,7 @@ def main() -> None:
         config = load_config(args.config, os.environ)
     except ConfigError as exc:
         sys.exit(f"actors: {exc}")
-    try:
-        import uvloop
-    except ImportError:
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         sys.exit(runner.run(_run(config, args.kind)))
 
 

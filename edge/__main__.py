@@ -9,6 +9,7 @@ import signal
 import sys
 
 from bus.logs import setup_logging
+from bus.loop import loop_factory
 from configs import ConfigError, load_config
 from configs.schema import Config
 from edge.server import EdgeServer
@@ -33,13 +34,7 @@ def main() -> None:
         config = load_config(args.config, os.environ)
     except ConfigError as exc:
         sys.exit(f"edge: {exc}")
-    try:
-        import uvloop
-    except ImportError:
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_run(config))
 
 

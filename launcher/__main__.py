@@ -23,6 +23,7 @@ from typing import Final
 import msgspec
 import nats
 
+from bus.loop import loop_factory
 from configs.loader import ConfigError, load_config
 from configs.schema import Config
 from launcher.errors import AlreadyRunning, describe_exit
@@ -169,7 +170,7 @@ def _up(args: argparse.Namespace) -> int:
 
         supervisor = Supervisor(config, env, options, on_ready=on_ready)
         log.info("launcher pid %d, run dir %s", pid, run_dir.path)
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(_serve(supervisor))
     finally:
         run_dir.release(pid)
@@ -202,14 +203,6 @@ def _ready_notifier(
             os.close(notify_fd)
 
     return on_ready
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 # --- up --detach ---------------------------------------------------------------------
@@ -331,7 +324,7 @@ def _status(args: argparse.Namespace) -> int:
     if access is None:
         print("(no bus access file yet: the system is still starting)")
         return 0
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         # Live only on a terminal; a script or a pipe gets one table.
         return runner.run(_watch(access, once=args.once or not sys.stdout.isatty()))
 
