@@ -26,8 +26,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from actors.engines.base import EngineOutput, EngineRequestError, SamplingSpec
+from actors.engines.base import EngineOutput, SamplingSpec
 from actors.engines.fake import FakeTokenizer
+from actors.engines.inflight import InFlight
 from configs.schema import EngineConfig
 
 __all__ = ["BenchEngine"]
@@ -50,9 +51,7 @@ class BenchEngine:
         rate = config.bench_tokens_per_s
         self._interval_s = 1.0 / rate if rate > 0 else 0.0
         self._tokenizer = FakeTokenizer()
-        self._running: dict[str, asyncio.Event] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._requests = InFlight()
         self.abort_times: dict[str, float] = {}
         self._stamp = config.bench_stamp
         # Line-buffered: a reader sees each abort as soon as it happens.
@@ -70,16 +69,12 @@ class BenchEngine:
         return None
 
     def running(self) -> int:
-        return len(self._running)
+        return len(self._requests)
 
     async def generate(
         self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
     ) -> AsyncIterator[EngineOutput]:
-        if request_id in self._running:
-            raise EngineRequestError(f"request id {request_id!r} is already running")
-        aborted = asyncio.Event()
-        self._running[request_id] = aborted
-        self._idle.clear()
+        aborted = self._requests.add(request_id)
         prompt_tokens = len(prompt)  # FakeTokenizer: one token per character
         is_tool = TOOL_MARKER in prompt
         steps = 1 if is_tool else max(sampling.max_tokens, 0)
@@ -87,13 +82,13 @@ class BenchEngine:
         started = loop.time()
         try:
             if steps == 0:
-                self._release(request_id, aborted)
+                self._requests.release(request_id, aborted)
                 yield EngineOutput(text="", finish_reason="length", prompt_tokens=prompt_tokens)
                 return
             for step in range(1, steps + 1):
                 if await self._wait_step(aborted, started + step * self._interval_s):
                     # Unregister before yielding: the consumer may never resume us.
-                    self._release(request_id, aborted)
+                    self._requests.release(request_id, aborted)
                     yield EngineOutput(
                         text="",
                         finish_reason="abort",
@@ -102,7 +97,7 @@ class BenchEngine:
                     )
                     return
                 if is_tool:
-                    self._release(request_id, aborted)
+                    self._requests.release(request_id, aborted)
                     yield EngineOutput(
                         text=TOOL_ANSWER,
                         finish_reason="stop",
@@ -112,7 +107,7 @@ class BenchEngine:
                     return
                 last = step == steps
                 if last:
-                    self._release(request_id, aborted)
+                    self._requests.release(request_id, aborted)
                 yield EngineOutput(
                     text=self._word(step),
                     finish_reason="length" if last else None,
@@ -127,7 +122,7 @@ class BenchEngine:
             raise
         finally:
             # Also reached when the consumer closes the stream early.
-            self._release(request_id, aborted)
+            self._requests.release(request_id, aborted)
 
     def _word(self, step: int) -> str:
         sentence_end = step % SENTENCE_WORDS == 0
@@ -142,17 +137,9 @@ class BenchEngine:
         if self._abort_log is not None:
             self._abort_log.write(f"{request_id} {now_ns}\n")
 
-    def _release(self, request_id: str, event: asyncio.Event) -> None:
-        # Only our own entry: a finished stream closed late must not drop a newer
-        # request that reuses its id.
-        if self._running.get(request_id) is event:
-            del self._running[request_id]
-        if not self._running:
-            self._idle.set()
-
     async def wait_idle(self) -> None:
         """Return once no request is running (callers bound it with a timeout)."""
-        await self._idle.wait()
+        await self._requests.wait_idle()
 
     async def _wait_step(self, aborted: asyncio.Event, due: float) -> bool:
         """Wait until ``due`` (loop time) or an abort; true when aborted."""
@@ -170,7 +157,7 @@ class BenchEngine:
         return True
 
     async def abort(self, request_id: str) -> None:
-        event = self._running.get(request_id)
+        event = self._requests.get(request_id)
         if event is None or event.is_set():
             return
         self._record_abort(request_id)
@@ -180,7 +167,7 @@ class BenchEngine:
         return len(prompt)
 
     async def close(self) -> None:
-        for request_id in list(self._running):
+        for request_id in self._requests.ids():
             await self.abort(request_id)
         if self._abort_log is not None:
             self._abort_log.close()

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from actors.engines.base import EngineOutput, EngineRequestError, SamplingSpec
+from actors.engines.inflight import InFlight
 from configs.schema import EngineConfig
 
 __all__ = ["FakeEngine", "FakeTokenizer"]
@@ -55,9 +56,7 @@ class FakeEngine:
         self.model_id = f"fake:{config.model}"
         self._step_s = 1.0 / config.bench_tokens_per_s if config.bench_tokens_per_s > 0 else 0.0
         self._tokenizer = FakeTokenizer()
-        self._running: dict[str, asyncio.Event] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._requests = InFlight()
         self.aborted: list[str] = []
         self.warmed: list[str] = []
         self.prompts: list[str] = []
@@ -70,19 +69,16 @@ class FakeEngine:
         return None
 
     def running(self) -> int:
-        return len(self._running)
+        return len(self._requests)
 
     async def generate(
         self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
     ) -> AsyncIterator[EngineOutput]:
-        if request_id in self._running:
-            raise EngineRequestError(f"request id {request_id!r} is already running")
+        aborted = self._requests.add(request_id)
         if FAIL_MARKER in prompt:
+            self._requests.release(request_id, aborted)
             raise EngineRequestError("scripted failure")
         self.prompts.append(prompt)
-        aborted = asyncio.Event()
-        self._running[request_id] = aborted
-        self._idle.clear()
         pieces = self._script(prompt, sampling)
         prompt_tokens = len(prompt)
         try:
@@ -113,16 +109,14 @@ class FakeEngine:
             self.aborted.append(request_id)
             raise
         finally:
-            self._running.pop(request_id, None)
-            if not self._running:
-                self._idle.set()
+            self._requests.release(request_id, aborted)
 
     async def wait_idle(self) -> None:
         """Return once no request is running (tests bound it with a timeout)."""
-        await self._idle.wait()
+        await self._requests.wait_idle()
 
     async def abort(self, request_id: str) -> None:
-        event = self._running.get(request_id)
+        event = self._requests.get(request_id)
         if event is not None and not event.is_set():
             event.set()
             self.aborted.append(request_id)
@@ -132,7 +126,7 @@ class FakeEngine:
         return len(prompt)
 
     async def close(self) -> None:
-        for request_id in list(self._running):
+        for request_id in self._requests.ids():
             await self.abort(request_id)
 
     @staticmethod
