@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from actors.emitter import TurnEmitter
-from actors.engines.base import Engine, EngineOutput, SamplingSpec
+from actors.engines.base import Engine, EngineOutput, sampling_spec
 from actors.prompts.chat import build_chat_prompt, history_warm_prompt, persona_warm_prompt
 from actors.prompts.persona import compose_persona
 from bus.events import ChatStart, ToolStart, Warm, Warmed, request_id
@@ -22,19 +22,6 @@ class ChatWorker:
         self._engine = engine
         self.actor_id = actor_id
 
-    def _sampling(self, seed: int | None) -> SamplingSpec:
-        sampling = self._config.sampling
-        return SamplingSpec(
-            max_tokens=self._config.max_out,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repetition_penalty=sampling.repetition_penalty,
-            stop=sampling.stop,
-            seed=seed,
-        )
-
     async def run_turn(self, event: ToolStart | ChatStart, emit: TurnEmitter) -> None:
         assert isinstance(event, ChatStart)
         config = self._config
@@ -47,10 +34,11 @@ class ChatWorker:
             user_utt_max_tokens=config.user_utt_max_tokens,
         )
         rid = request_id("chat", event.session_id, event.turn_id)
+        sampling = sampling_spec(config.sampling, config.max_out, event.seed)
         last: EngineOutput | None = None
         try:
             async for output in self._engine.generate(
-                prompt.text, self._sampling(event.seed), rid, priority=config.priority
+                prompt.text, sampling, rid, priority=config.priority
             ):
                 last = output
                 if output.text:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from actors.emitter import TurnEmitter
-from actors.engines.base import Engine, EngineOutput, SamplingSpec
+from actors.engines.base import Engine, EngineOutput, sampling_spec
 from actors.prompts.hammer import TAKE_SCREENSHOT_TOOL, build_tool_prompt
 from actors.prompts.toolparse import ToolDecider, ToolDecision
 from bus.events import ChatStart, ToolStart, Warm, Warmed, request_id
@@ -22,17 +22,7 @@ class ToolWorker:
     def __init__(self, config: ToolConfig, engine: Engine) -> None:
         self._config = config
         self._engine = engine
-        sampling = config.sampling
-        # Near-greedy: the decision must not depend on luck.
-        self._sampling = SamplingSpec(
-            max_tokens=config.max_out,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repetition_penalty=sampling.repetition_penalty,
-            stop=sampling.stop,
-        )
+        self._sampling = sampling_spec(config.sampling, config.max_out)
 
     async def run_turn(self, event: ToolStart | ChatStart, emit: TurnEmitter) -> None:
         config = self._config

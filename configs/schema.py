@@ -109,6 +109,10 @@ class SamplingConfig(_Base):
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
+    # Generate to max_out past the model's end-of-sequence tokens (stop strings still
+    # apply): fixed-length replies for benchmarks and for tests that need a turn that
+    # is still running when they act, which a random-weight model does not promise.
+    ignore_eos: bool = False
 
 
 class EngineConfig(_Base):

@@ -13,6 +13,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from configs.schema import SamplingConfig
+
 __all__ = [
     "Engine",
     "EngineDeadError",
@@ -22,6 +24,7 @@ __all__ = [
     "FinishReason",
     "SamplingSpec",
     "Tokenizer",
+    "sampling_spec",
 ]
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -48,6 +51,22 @@ class SamplingSpec(msgspec.Struct, frozen=True, kw_only=True):
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False
+
+
+def sampling_spec(config: SamplingConfig, max_tokens: int, seed: int | None = None) -> SamplingSpec:
+    """One request's sampling: the configured knobs, this request's length and seed."""
+    return SamplingSpec(
+        max_tokens=max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        min_p=config.min_p,
+        repetition_penalty=config.repetition_penalty,
+        stop=config.stop,
+        seed=seed,
+        ignore_eos=config.ignore_eos,
+    )
 
 
 class EngineOutput(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -315,7 +315,7 @@ class TransformersEngine:
                 yield output("", "abort")
                 return
             completion += 1
-            if token_id in state.eos_ids:
+            if token_id in state.eos_ids and not sampling.ignore_eos:
                 yield output(stopper.push(detokenizer.flush())[0] + stopper.flush(), "stop")
                 return
             text, stopped = stopper.push(detokenizer.push(token_id))

@@ -44,6 +44,7 @@ from actors.engines.base import (
     EngineRequestError,
     FinishReason,
     SamplingSpec,
+    sampling_spec,
 )
 from configs.schema import EngineConfig
 
@@ -180,6 +181,7 @@ def sampling_kwargs(spec: SamplingSpec) -> dict[str, Any]:
         "repetition_penalty": spec.repetition_penalty,
         "stop": list(spec.stop) or None,
         "seed": spec.seed,
+        "ignore_eos": spec.ignore_eos,
         "skip_special_tokens": True,
     }
 
@@ -461,14 +463,7 @@ class VllmEngine:
         sampling = self._config.sampling
         if sampling.temperature <= 0 or (sampling.top_k <= 0 and sampling.top_p >= 1.0):
             return
-        spec = SamplingSpec(
-            max_tokens=4,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            min_p=sampling.min_p,
-            repetition_penalty=sampling.repetition_penalty,
-        )
+        spec = sampling_spec(sampling, max_tokens=4)
         priority = self._config.priority + WARM_PRIORITY_DELTA
 
         async def one(index: int) -> None:

@@ -26,7 +26,7 @@ async def test_chat_actor_killed_mid_turn(tmp_path: Path, model_cache: Path) -> 
             nats_server.url,
             model_cache,
             chats=2,
-            chat_max_out=4000,
+            long_chat=True,
         ) as system,
         connect(system.url) as ws,
     ):
@@ -68,7 +68,7 @@ async def test_sigterm_chat_actor_drains(tmp_path: Path, model_cache: Path) -> N
             tmp_path,
             nats_server.url,
             model_cache,
-            chat_max_out=4000,
+            long_chat=True,
         ) as system,
         connect(system.url) as ws,
     ):
@@ -97,7 +97,7 @@ async def test_sigterm_edge_closes_clients_cleanly(tmp_path: Path, model_cache: 
             tmp_path,
             nats_server.url,
             model_cache,
-            chat_max_out=4000,
+            long_chat=True,
             edge={"shutdown_timeout_s": 1.0},
         ) as system,
         connect(system.url) as ws,

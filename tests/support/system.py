@@ -99,9 +99,13 @@ async def run_system(
     tools: int = 1,
     chats: int = 1,
     edge: dict[str, Any] | None = None,
-    chat_max_out: int = 48,
+    long_chat: bool = False,
 ) -> AsyncIterator[System]:
-    """Start actors (one after the other, as on a GPU) and the edge; stop them after."""
+    """Start actors (one after the other, as on a GPU) and the edge; stop them after.
+
+    ``long_chat`` makes every reply 4,000 tokens, past the model's eos, so a test can
+    act on a turn that is surely still running.
+    """
     edge_port = free_port()
     engine = {"backend": "transformers", "model": "tiny-qwen2", "model_cache_dir": str(model_cache)}
     config = write_config(
@@ -111,7 +115,8 @@ async def run_system(
             "bus": {"url": nats_url},
             "models": {"deploy": deploy, "concurrent_model_call": concurrent},
             "tool": engine,
-            "chat": {**engine, "max_out": chat_max_out},
+            "chat": {**engine, "max_out": 4000 if long_chat else 48},
+            "chat.sampling": {"ignore_eos": long_chat},
             "actor": {"heartbeat_interval_s": 0.1, "drain_timeout_s": 2.0},
             "log": {"level": "INFO", "format": "text"},
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -134,6 +135,18 @@ async def test_max_tokens_finishes_with_length(engine: TransformersEngine) -> No
     assert outputs[-1].finish_reason == "length"
     assert outputs[-1].completion_tokens == 5
     assert engine.running() == 0
+
+
+async def test_ignore_eos_runs_to_max_tokens(engine: TransformersEngine) -> None:
+    """With every token an eos a request stops after one token; ignore_eos runs it to
+    max_tokens all the same."""
+    state = engine._state()
+    engine._loaded = dataclasses.replace(state, eos_ids=frozenset(range(state.vocab_size)))
+    prompt = long_prompt(engine)
+    stopped = await collect(engine, prompt, SamplingSpec(max_tokens=5))
+    assert (stopped[-1].finish_reason, stopped[-1].completion_tokens) == ("stop", 1)
+    ran = await collect(engine, prompt, SamplingSpec(max_tokens=5, ignore_eos=True))
+    assert (ran[-1].finish_reason, ran[-1].completion_tokens) == ("length", 5)
 
 
 async def test_stop_string_cuts_the_output(engine: TransformersEngine) -> None:

@@ -10,9 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from actors.engines.base import EngineDeadError, EngineError, EngineRequestError, SamplingSpec
+from actors.engines.base import (
+    EngineDeadError,
+    EngineError,
+    EngineRequestError,
+    SamplingSpec,
+    sampling_spec,
+)
 from actors.engines.vllm_engine import (
     KV_CACHE_DTYPES,
     VllmEngine,
@@ -24,7 +31,7 @@ from actors.engines.vllm_engine import (
 )
 from actors.models.gpu import FILLER_TOKEN, GPU_SHAPES, hf_config_dict
 from configs.loader import load_config
-from configs.schema import ChatConfig, EngineConfig, ToolConfig
+from configs.schema import ChatConfig, EngineConfig, SamplingConfig, ToolConfig
 
 GPU_TOML = Path(__file__).parents[3] / "configs" / "gpu.toml"
 
@@ -185,6 +192,7 @@ def test_sampling_spec_maps_onto_sampling_params() -> None:
         repetition_penalty=1.1,
         stop=("\nUser:", "</s>"),
         seed=7,
+        ignore_eos=True,
     )
     assert sampling_kwargs(spec) == {
         "max_tokens": 200,
@@ -195,6 +203,7 @@ def test_sampling_spec_maps_onto_sampling_params() -> None:
         "repetition_penalty": 1.1,
         "stop": ["\nUser:", "</s>"],
         "seed": 7,
+        "ignore_eos": True,
         "skip_special_tokens": True,
     }
 
@@ -206,6 +215,7 @@ def test_greedy_defaults_map_to_disabled_filters() -> None:
     assert kwargs["top_k"] == 0
     assert kwargs["stop"] is None
     assert kwargs["seed"] is None
+    assert kwargs["ignore_eos"] is False
 
 
 def test_zero_max_tokens_is_a_request_error() -> None:
@@ -342,3 +352,22 @@ def test_random_model_dir_is_named_by_shape_digest(tmp_path: Path) -> None:
     assert path == tmp_path / f"random-llama-3.1-8b-{shape.digest()}"
     with pytest.raises(EngineDeadError, match="unknown random model shape"):
         random_model_dir("gpt-9", str(tmp_path))
+
+
+def test_sampling_spec_carries_every_configured_knob() -> None:
+    """Each SamplingConfig field reaches the request's SamplingSpec unchanged."""
+    config = SamplingConfig(
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        stop=("\nUser:",),
+        ignore_eos=True,
+    )
+    spec = sampling_spec(config, max_tokens=12, seed=3)
+    assert msgspec.structs.asdict(spec) == {
+        **msgspec.structs.asdict(config),
+        "max_tokens": 12,
+        "seed": 3,
+    }
