@@ -56,6 +56,8 @@ class EdgeConfig(_Base):
     idle_timeout_s: float = 0.0  # 0 disables
     messages_per_minute: int = 600
     cancels_per_minute: int = 240
+    # Browser pages allowed to connect (empty: any). A client that sends no Origin
+    # (Pipecat, a server) is no browser and is always let through to the key check.
     allowed_origins: tuple[str, ...] = ()
     # Failed keys from one address before it gets HTTP 429 for the rest of the window.
     auth_max_failures: int = 10

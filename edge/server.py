@@ -105,7 +105,7 @@ class EdgeServer:
             edge.port,
             process_request=self._process_request,
             max_size=edge.max_frame_bytes,
-            origins=list(edge.allowed_origins) or None,
+            origins=[*edge.allowed_origins, None] if edge.allowed_origins else None,
             server_header="yap-bus",
             # Token frames are a few bytes: deflate costs ~25% of the edge's CPU per
             # token (bench.overhead, py-spy) and saves next to nothing.

@@ -278,8 +278,8 @@ async def test_field_too_long(nats_server, field: str) -> None:
 
 
 async def test_allowed_origins(nats_server) -> None:
-    """With allowed_origins set, a foreign Origin is refused with HTTP 403 and a listed
-    one is served."""
+    """With allowed_origins set, a foreign Origin is refused with HTTP 403; a listed one
+    and a client that sends no Origin at all (not a browser) are served."""
     config = make_config(nats_server.url, edge={"allowed_origins": ["https://app.example"]})
     async with run_stack(config) as stack:
         with pytest.raises(InvalidStatus) as refused:
@@ -288,6 +288,8 @@ async def test_allowed_origins(nats_server) -> None:
         assert refused.value.response.status_code == 403
         async with connect(stack.url, origin="https://app.example") as ws:
             await _completed_turn(ws, "s1", "allowed")
+        async with connect(stack.url) as ws:
+            await _completed_turn(ws, "s2", "server")
 
 
 # --- malformed bus payloads ----------------------------------------------------------
