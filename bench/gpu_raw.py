@@ -46,6 +46,7 @@ from actors.engines.base import SamplingSpec
 from actors.engines.vllm_engine import VllmEngine, engine_args, sampling_kwargs
 from actors.prompts.chat import build_chat_prompt, persona_warm_prompt
 from actors.prompts.hammer import build_tool_prompt
+from bus.stats import percentile
 from configs.schema import ChatConfig, SamplingConfig, ToolConfig
 
 _WORD_TEXT = (
@@ -114,21 +115,13 @@ def history_of(tokenizer: Any, rng: random.Random, tokens: int) -> str:
     return "\n".join(lines)
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def summary_ms(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "mean": float("nan"), "n": 0}
     return {
-        "p50": round(percentile(values, 0.50) * 1e3, 2),
-        "p95": round(percentile(values, 0.95) * 1e3, 2),
-        "mean": round(sum(values) / len(values) * 1e3, 2) if values else float("nan"),
+        "p50": round(percentile(values, 50) * 1e3, 2),
+        "p95": round(percentile(values, 95) * 1e3, 2),
+        "mean": round(sum(values) / len(values) * 1e3, 2),
         "n": len(values),
     }
 
@@ -265,9 +258,7 @@ class Bench:
                     "tpot_ms": summary_ms(
                         [(c.last - c.first) / (c.tokens - 1) for c in chats if c.tokens > 1]
                     ),
-                    "itl_p95_ms": round(
-                        percentile([g for c in chats for g in c.gaps], 0.95) * 1e3, 2
-                    ),
+                    "itl_p95_ms": summary_ms([g for c in chats for g in c.gaps])["p95"],
                     "chat_prompt_tokens": round(sum(c.prompt_tokens for c in chats) / len(chats)),
                     "chat_cached_tokens": round(sum(c.cached for c in chats) / len(chats)),
                     "tool_prompt_tokens": round(sum(t.prompt_tokens for t in tools) / len(tools)),

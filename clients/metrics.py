@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bus.stats import percentile
+
 __all__ = [
     "FIRST_WORDS",
     "Summary",
@@ -21,7 +23,6 @@ __all__ = [
     "TurnMetrics",
     "has_complete_sentence",
     "has_words",
-    "percentile",
     "summarize",
     "turn_metrics",
 ]
@@ -136,21 +137,6 @@ def turn_metrics(sent_at: float, frames: Iterable[TimedFrame]) -> TurnMetrics:
         chunks=chunks,
         chars=len(final_text if final_text is not None else streamed),
     )
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile (0 < q <= 100): always an observed value.
-
-    Raises:
-        ValueError: ``values`` is empty or ``q`` is out of range.
-    """
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 < q <= 100:
-        raise ValueError(f"percentile rank {q} is not in (0, 100]")
-    ordered = sorted(values)
-    rank = math.ceil(q / 100.0 * len(ordered))
-    return ordered[max(rank, 1) - 1]
 
 
 @dataclass(frozen=True, slots=True)

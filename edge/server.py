@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection
 from types import TracebackType
 
 from nats.aio.client import Client as NatsClient
@@ -28,6 +28,7 @@ from bus import subjects
 from bus.codec import BusDecodeError, Codec
 from bus.connect import connect
 from bus.events import EdgeStats
+from bus.stats import percentile
 from configs.schema import Config
 from edge import errors, frames
 from edge.auth import AuthThrottle, is_authorized
@@ -304,9 +305,9 @@ class EdgeServer:
                 max_connections=self._config.max_connections,
                 running_turns=sum(1 for c in state.connections if c.turn_running),
                 turns=dict(state.outcomes),
-                ttft_p50_ms=_percentile_ms(state.recent_ttft, 0.50),
-                ttft_p95_ms=_percentile_ms(state.recent_ttft, 0.95),
-                toolcall_p50_ms=_percentile_ms(state.recent_toolcall, 0.50),
+                ttft_p50_ms=_percentile_ms(state.recent_ttft, 50),
+                ttft_p95_ms=_percentile_ms(state.recent_ttft, 95),
+                toolcall_p50_ms=_percentile_ms(state.recent_toolcall, 50),
             )
             try:
                 await state.nc.publish(subject, state.codec.encode(stats))
@@ -343,11 +344,9 @@ def _json(connection: ServerConnection, status: http.HTTPStatus, body: object) -
     return response
 
 
-def _percentile_ms(samples: Iterable[float], q: float) -> float:
-    ordered = sorted(samples)
-    if not ordered:
-        return 0.0
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+def _percentile_ms(samples: Collection[float], q: float) -> float:
+    """0 when there is nothing yet: a fresh edge reports no latency, not an error."""
+    return round(percentile(samples, q) * 1000, 2) if samples else 0.0
 
 
 def _peer_host(ws: ServerConnection) -> str:

@@ -10,7 +10,6 @@ from clients.metrics import (
     TimedFrame,
     has_complete_sentence,
     has_words,
-    percentile,
     summarize,
     turn_metrics,
 )
@@ -123,27 +122,6 @@ def test_has_words() -> None:
     """Words are whitespace-separated, punctuation included."""
     assert has_words(" one, two  three ", 3)
     assert not has_words("one two", 3)
-
-
-def test_percentile_nearest_rank() -> None:
-    """Percentiles are nearest-rank: always one of the values."""
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50.0
-    assert percentile(values, 95) == 95.0
-    assert percentile(values, 99) == 99.0
-    assert percentile(values, 100) == 100.0
-    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert percentile([7.0], 99) == 7.0
-
-
-def test_percentile_rejects_bad_input() -> None:
-    """No values or a rank outside (0, 100] is an error."""
-    with pytest.raises(ValueError):
-        percentile([], 50)
-    with pytest.raises(ValueError):
-        percentile([1.0], 0)
-    with pytest.raises(ValueError):
-        percentile([1.0], 101)
 
 
 def test_summarize() -> None:
