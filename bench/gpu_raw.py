@@ -42,7 +42,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from actors.engines.base import SamplingSpec
+from actors.engines.base import SamplingSpec, sampling_spec
 from actors.engines.vllm_engine import VllmEngine, engine_args, sampling_kwargs
 from actors.prompts.chat import build_chat_prompt, persona_warm_prompt
 from actors.prompts.hammer import build_tool_prompt
@@ -187,14 +187,7 @@ class Bench:
             history_max_tokens=3000,
         ).text
         tool_spec = SamplingSpec(max_tokens=tool_tokens)
-        chat_spec = SamplingSpec(
-            max_tokens=self.workload.chat_out,
-            temperature=CHAT_SAMPLING.temperature,
-            top_p=CHAT_SAMPLING.top_p,
-            top_k=CHAT_SAMPLING.top_k,
-            min_p=CHAT_SAMPLING.min_p,
-            repetition_penalty=CHAT_SAMPLING.repetition_penalty,
-        )
+        chat_spec = sampling_spec(CHAT_SAMPLING, self.workload.chat_out)
         start = time.perf_counter()
         if mode == "sequential":
             tool = await self.request(self.tool, tool_prompt, tool_spec, f"{rid}-tool")
