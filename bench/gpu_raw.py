@@ -60,7 +60,7 @@ _WORD_TEXT = (
 )
 WORDS = tuple(_WORD_TEXT.split())
 CHAT_SAMPLING = SamplingConfig(
-    temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1
+    temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1, ignore_eos=True
 )
 
 
@@ -144,7 +144,7 @@ class Bench:
         )
 
     def params(self, spec: SamplingSpec) -> Any:
-        return self._params(**sampling_kwargs(spec), output_kind=self._delta, ignore_eos=True)
+        return self._params(**sampling_kwargs(spec), output_kind=self._delta)
 
     async def request(
         self, engine: VllmEngine, prompt: str, spec: SamplingSpec, request_id: str
@@ -186,7 +186,7 @@ class Bench:
             user_utterance=utterance,
             history_max_tokens=3000,
         ).text
-        tool_spec = SamplingSpec(max_tokens=tool_tokens)
+        tool_spec = SamplingSpec(max_tokens=tool_tokens, ignore_eos=True)
         chat_spec = sampling_spec(CHAT_SAMPLING, self.workload.chat_out)
         start = time.perf_counter()
         if mode == "sequential":

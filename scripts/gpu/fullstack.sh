@@ -3,7 +3,7 @@
 # session so that raw and full-stack numbers share the machine:
 #   1. install, generate the random-weight checkpoints (run.sh setup models);
 #   2. raw AsyncLLM (bench/gpu_raw.py, sequential mode);
-#   3. the whole system with the launcher (configs/gpu.toml, same models), driven over
+#   3. the whole system with the launcher (configs/gpu.toml + ignore_eos, same models), driven over
 #      WebSockets by bench/gpu_fullstack.py with the same workload; then stop it.
 # Device call: carry [".kit", ".whl"]. Env: SESSIONS (1,16), TOOL_SHAPE, CHAT_SHAPE, OUT.
 set -uo pipefail
@@ -24,7 +24,11 @@ python3 -m bench.gpu_raw --tool-model "random:$TOOL_SHAPE" --chat-model "random:
 
 stamp fullstack
 export TOOL_MODEL=random:$TOOL_SHAPE CHAT_MODEL=random:$CHAT_SHAPE DEPLOY_MODELS=both
-python3 -m launcher up --detach --config configs/gpu.toml || { cp .yap/run/up.log "$OUT/"; exit 1; }
+# Like bench.gpu_raw, every reply runs its full 200 tokens whatever random weights
+# sample. gpu.toml ends in [chat.sampling]; the strict loader fails if that changes.
+config=$(mktemp --suffix .toml)
+{ cat configs/gpu.toml; echo "ignore_eos = true"; } > "$config"
+python3 -m launcher up --detach --config "$config" || { cp .yap/run/up.log "$OUT/"; exit 1; }
 stamp "system up"
 python3 -m launcher status --once | tee "$OUT/status.txt"
 tokenizer=$(python3 -c "from actors.engines.vllm_engine import random_model_dir

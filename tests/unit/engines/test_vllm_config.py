@@ -371,3 +371,12 @@ def test_sampling_spec_carries_every_configured_knob() -> None:
         "max_tokens": 12,
         "seed": 3,
     }
+
+
+def test_gpu_toml_ends_in_chat_sampling(tmp_path: Path) -> None:
+    """scripts/gpu/fullstack.sh appends `ignore_eos = true` to gpu.toml for parity with
+    bench.gpu_raw; that lands in [chat.sampling] only while that table comes last."""
+    appended = tmp_path / "gpu.toml"
+    appended.write_text(GPU_TOML.read_text() + "ignore_eos = true\n")
+    config = load_config(appended)
+    assert config.chat.sampling.ignore_eos and not config.tool.sampling.ignore_eos
