@@ -53,17 +53,11 @@ def trim_to_tokens(tokenizer: Tokenizer, text: str, max_tokens: int, keep: Keep)
     Raises:
         ValueError: ``max_tokens`` is negative or ``keep`` is not start/end.
     """
-    if max_tokens < 0:
-        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
     if keep not in ("start", "end"):
         raise ValueError(f"keep must be 'start' or 'end', got {keep!r}")
-    if max_tokens == 0:
-        return ""
-    if len(text) < max_tokens and len(text.encode("utf-8")) < max_tokens:
-        return text
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) <= max_tokens:
-        return text
+    ids = _ids_over_budget(tokenizer, text, max_tokens)
+    if ids is None:
+        return text if max_tokens else ""
     # Re-encoding a cut text can give more tokens than were kept: "naïve" may be one
     # token, its cut "na" two. Cut further by the overshoot until the result fits.
     cut = max_tokens
@@ -95,21 +89,32 @@ def trim_history(tokenizer: Tokenizer, text: str, max_tokens: int) -> str:
     Raises:
         ValueError: ``max_tokens`` is negative.
     """
-    if max_tokens < 0:
-        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
-    if max_tokens == 0:
-        return ""
-    if len(text) < max_tokens and len(text.encode("utf-8")) < max_tokens:
-        return text
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) <= max_tokens:
-        return text
+    ids = _ids_over_budget(tokenizer, text, max_tokens)
+    if ids is None:
+        return text if max_tokens else ""
     step = max(1, max_tokens // 3)
     drop = -(-(len(ids) - max_tokens) // step) * step  # whole steps, rounded up
     trimmed = _decode_slice(tokenizer, text, ids, len(ids) - drop, "end")
     if len(tokenizer.encode(trimmed, add_special_tokens=False)) <= max_tokens:
         return trimmed
     return trim_to_tokens(tokenizer, text, max_tokens, "end")  # a re-encoding overshoot
+
+
+def _ids_over_budget(tokenizer: Tokenizer, text: str, max_tokens: int) -> list[int] | None:
+    """The ids of ``text`` when it needs cutting to ``max_tokens``; None when it fits
+    (or when the budget is 0, where there is nothing to keep).
+
+    Every token covers at least one UTF-8 byte (see ``trim_to_tokens``), so a text of
+    fewer bytes than the budget is not tokenized at all.
+    """
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+    if max_tokens == 0:
+        return None
+    if len(text) < max_tokens and len(text.encode("utf-8")) < max_tokens:
+        return None
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids if len(ids) > max_tokens else None
 
 
 def _decode_slice(tokenizer: Tokenizer, text: str, ids: list[int], cut: int, keep: Keep) -> str:
