@@ -78,6 +78,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from bus.loop import loop_factory
 from clients.metrics import summarize
 from configs.loader import ENV_OVERRIDES
 from launcher.nats import NatsServer
@@ -448,17 +449,9 @@ async def run_client(spec: PhaseSpec) -> PhaseResult:
 
 def _client_main(spec_path: str) -> None:
     spec = msgspec.json.decode(Path(spec_path).read_bytes(), type=PhaseSpec)
-    with _runner() as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         result = runner.run(run_client(spec))
     Path(spec.out).write_bytes(msgspec.json.encode(result))
-
-
-def _runner() -> asyncio.Runner:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
 # --- the processes under test ------------------------------------------------------
@@ -1541,7 +1534,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if settings.profile_dir:
         Path(settings.profile_dir).mkdir(parents=True, exist_ok=True)
-    with _runner() as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         report = runner.run(run_benchmark(settings, sys.stdout))
     if args.json:
         Path(args.json).write_text(json.dumps(report, default=_json_default, indent=1) + "\n")

@@ -40,6 +40,7 @@ from typing import Any, Literal, TextIO
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from bus.loop import loop_factory
 from clients.metrics import Summary, summarize
 from clients.turn import (
     BargeIn,
@@ -530,16 +531,8 @@ async def amain(argv: Sequence[str], env: Mapping[str, str], out: TextIO, err: T
     return 0 if report.count("ok") == len(report.outcomes) else 1
 
 
-def _runner() -> asyncio.Runner:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-
-
 def main() -> None:
-    with _runner() as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             status = runner.run(amain(sys.argv[1:], os.environ, sys.stdout, sys.stderr))
         except KeyboardInterrupt:

@@ -26,6 +26,7 @@ from typing import TextIO
 
 from websockets.exceptions import InvalidStatus
 
+from bus.loop import loop_factory
 from clients.metrics import TimedFrame
 from clients.turn import TurnResult, TurnTimeout, collect_turn, open_stream, start_message
 
@@ -182,16 +183,8 @@ async def amain(argv: Sequence[str], env: Mapping[str, str], out: TextIO) -> int
     return await run_warmup(parse_args(argv, env), out)
 
 
-def _runner() -> asyncio.Runner:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-
-
 def main() -> None:
-    with _runner() as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             status = runner.run(amain(sys.argv[1:], os.environ, sys.stdout))
         except KeyboardInterrupt:
