@@ -306,27 +306,17 @@ def table(rows: Sequence[dict]) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    tool_config = ToolConfig(
-        backend="vllm",
-        model=args.tool_model,
-        model_cache_dir=args.cache_dir,
-        kv_dtype=args.kv_dtype,
-        quantization=args.quantization,
-        max_len=args.max_len,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        enforce_eager=args.enforce_eager,
-    )
-    chat_config = ChatConfig(
-        backend="vllm",
-        model=args.chat_model,
-        model_cache_dir=args.cache_dir,
-        kv_dtype=args.kv_dtype,
-        quantization=args.quantization,
-        max_len=args.max_len,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        enforce_eager=args.enforce_eager,
-        sampling=CHAT_SAMPLING,
-    )
+    engine: dict[str, Any] = {
+        "backend": "vllm",
+        "model_cache_dir": args.cache_dir,
+        "kv_dtype": args.kv_dtype,
+        "quantization": args.quantization,
+        "max_len": args.max_len,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "enforce_eager": args.enforce_eager,
+    }
+    tool_config = ToolConfig(model=args.tool_model, **engine)
+    chat_config = ChatConfig(model=args.chat_model, sampling=CHAT_SAMPLING, **engine)
     tool = VllmEngine(tool_config, gpu_frac=args.tool_frac)
     chat = VllmEngine(chat_config, gpu_frac=args.chat_frac)
     starts = {}
