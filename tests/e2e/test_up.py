@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ from configs.loader import ENV_OVERRIDES
 from launcher.net import http_status
 from tests.support.fakes import REPO_ROOT
 from tests.support.ports import free_port
-from tests.support.procs import ProcessId, alive, descendants, process_id
+from tests.support.procs import ProcessId, descendants, process_id, until_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -54,17 +53,6 @@ def _launcher(*args: str, cwd: Path, timeout_s: float) -> subprocess.CompletedPr
         timeout=timeout_s,
         check=False,
     )
-
-
-async def _until_gone(processes: set[ProcessId], timeout_s: float) -> set[ProcessId]:
-    # Not our children: /proc is all there is to watch them by.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        left = alive(processes)
-        if not left or loop.time() >= deadline:
-            return left
-        await asyncio.sleep(0.05)
 
 
 async def test_up_detached_ready_then_down(tmp_path: Path, model_cache: Path) -> None:
@@ -117,6 +105,6 @@ async def test_up_detached_ready_then_down(tmp_path: Path, model_cache: Path) ->
     finally:
         down = _launcher("down", cwd=tmp_path, timeout_s=_DOWN_TIMEOUT_S + 15)
     assert down.returncode == 0, down.stderr
-    assert not await _until_gone(processes, timeout_s=15.0), log_path.read_text()
+    assert not await until_gone(processes, timeout_s=15.0), log_path.read_text()
     assert not pid_file.exists()
     assert "all services stopped" in log_path.read_text()

@@ -31,22 +31,10 @@ from tests.support.fakes import (
     read_events,
 )
 from tests.support.ports import free_port
-from tests.support.procs import ProcessId, alive, descendants, process_id
+from tests.support.procs import ProcessId, descendants, process_id, until_gone
 
 _PY = sys.executable
 _DEADLINE_S = 30.0
-
-
-async def _until_gone(processes: set[ProcessId], timeout_s: float = 10.0) -> set[ProcessId]:
-    """Wait until none of ``processes`` runs; return those still running at the deadline."""
-    # Processes not our children cannot be awaited; polling /proc is all there is.
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        left = alive(processes)
-        if not left or loop.time() >= deadline:
-            return left
-        await asyncio.sleep(0.02)
 
 
 # --- ChildProcess ---------------------------------------------------------------------
@@ -70,7 +58,7 @@ async def test_child_ignoring_sigterm_is_killed_with_its_group() -> None:
     assert grandchild is not None
     code = await child.stop()
     assert code == -signal.SIGKILL
-    assert not await _until_gone({grandchild})
+    assert not await until_gone({grandchild})
 
 
 async def test_child_in_own_session() -> None:
@@ -105,7 +93,7 @@ def test_children_die_when_the_launcher_is_killed() -> None:
         assert orphan is not None
         parent.kill()
         parent.wait()
-    assert not asyncio.run(_until_gone({orphan}))
+    assert not asyncio.run(until_gone({orphan}))
 
 
 # --- Supervisor -----------------------------------------------------------------------
@@ -179,7 +167,7 @@ async def test_starts_in_order_and_stops_in_reverse(tmp_path: Path) -> None:
     assert await asyncio.wait_for(run.task, _DEADLINE_S) == 0
 
     assert read_events(events)[3:] == ["stop edge", "stop chat", "stop tool"]
-    assert not await _until_gone(processes)
+    assert not await until_gone(processes)
 
 
 @pytest.mark.parametrize("deploy", ["chat", "tool"])
@@ -205,7 +193,7 @@ async def test_a_service_exiting_stops_everything(tmp_path: Path, crasher: str) 
 
     assert await _polling(run.task, collect) == 1
     assert f"stop {crasher}" not in read_events(events)
-    assert not await _until_gone(seen)
+    assert not await until_gone(seen)
 
 
 async def test_a_service_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
@@ -217,7 +205,7 @@ async def test_a_service_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
     run.supervisor.request_stop()
     assert await asyncio.wait_for(run.task, _DEADLINE_S) == 0
     assert read_events(events)[3:] == ["stop edge", "stop tool"]
-    assert not await _until_gone(processes)
+    assert not await until_gone(processes)
 
 
 async def test_stop_during_startup(tmp_path: Path) -> None:
@@ -350,7 +338,7 @@ async def test_up_detached_then_down(tmp_path: Path) -> None:
     finally:
         down = _cli("down", cwd=tmp_path, env=env)
     assert down.returncode == 0, down.stderr
-    assert not await _until_gone(processes)
+    assert not await until_gone(processes)
     assert not pid_file.exists()
     log = (tmp_path / ".yap" / "run" / "up.log").read_text()
     assert "all services stopped" in log

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
-__all__ = ["ProcessId", "alive", "descendants", "process_id"]
+__all__ = ["ProcessId", "alive", "descendants", "process_id", "until_gone"]
 
 # A pid and its start time: together they name one process even if the pid is reused.
 ProcessId = tuple[int, int]
@@ -51,3 +52,15 @@ def descendants(pid: int) -> set[ProcessId]:
 def alive(processes: set[ProcessId]) -> set[ProcessId]:
     """Those of ``processes`` that are still running (zombies count as gone)."""
     return {p for p in processes if process_id(p[0]) == p}
+
+
+async def until_gone(processes: set[ProcessId], timeout_s: float = 10.0) -> set[ProcessId]:
+    """Wait until none of ``processes`` runs; return those still running at the deadline."""
+    # Processes not our children cannot be awaited; polling /proc is all there is.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        left = alive(processes)
+        if not left or loop.time() >= deadline:
+            return left
+        await asyncio.sleep(0.02)
