@@ -11,10 +11,22 @@ from transformers import PreTrainedTokenizerFast
 __all__ = [
     "CHATML_TEMPLATE",
     "FOLDING_TEMPLATE",
+    "SET_TIMER",
     "TRIMMING_TEMPLATE",
     "WordTokenizer",
     "byte_bpe_tokenizer",
 ]
+
+# A tool with a required parameter, beside take_screenshot which has none.
+SET_TIMER = {
+    "name": "set_timer",
+    "description": "Start a countdown timer.",
+    "parameters": {
+        "type": "object",
+        "properties": {"minutes": {"type": "integer"}},
+        "required": ["minutes"],
+    },
+}
 
 # ChatML as Qwen2 renders it: every message, system ones included, in its own block.
 CHATML_TEMPLATE = (

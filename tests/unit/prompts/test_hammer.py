@@ -15,7 +15,12 @@ from actors.prompts.hammer import (
     tools_without_parameters,
 )
 from configs.schema import EngineConfig
-from tests.unit.prompts.stubs import CHATML_TEMPLATE, WordTokenizer, byte_bpe_tokenizer
+from tests.unit.prompts.stubs import (
+    CHATML_TEMPLATE,
+    SET_TIMER,
+    WordTokenizer,
+    byte_bpe_tokenizer,
+)
 
 MARKERS = [
     "[BEGIN OF TASK INSTRUCTION]",
@@ -27,15 +32,6 @@ MARKERS = [
     "[BEGIN OF QUERY]",
     "[END OF QUERY]",
 ]
-SET_TIMER = {
-    "name": "set_timer",
-    "description": "Start a countdown timer.",
-    "parameters": {
-        "type": "object",
-        "properties": {"minutes": {"type": "integer"}},
-        "required": ["minutes"],
-    },
-}
 
 
 def section(prompt: str, name: str) -> str:

@@ -11,18 +11,10 @@ from hypothesis import strategies as st
 from actors.prompts.hammer import TAKE_SCREENSHOT_TOOL
 from actors.prompts.toolparse import ToolDecider, ToolDecision, parse_tool_output
 from bus.events import ToolCallSpec
+from tests.unit.prompts.stubs import SET_TIMER
 
 CALL = '[{"name": "take_screenshot", "arguments": {}}]'
 SHOT = ToolCallSpec(name="take_screenshot", arguments={})
-SET_TIMER = {
-    "name": "set_timer",
-    "description": "Start a countdown timer.",
-    "parameters": {
-        "type": "object",
-        "properties": {"minutes": {"type": "integer"}},
-        "required": ["minutes"],
-    },
-}
 OPEN_CAMERA = {"name": "open_camera", "description": "Open the camera.", "parameters": {}}
 TOOLS = (TAKE_SCREENSHOT_TOOL, SET_TIMER, OPEN_CAMERA)
 NAMES = ("take_screenshot", "set_timer", "open_camera")
