@@ -1,4 +1,11 @@
-"""``python -m actors {tool,chat} [--config PATH]``: run one actor until SIGINT/SIGTERM."""
+"""``python -m actors {tool,chat} [--config PATH] [--actor-id ID]``: run one actor until
+SIGINT/SIGTERM.
+
+The actor id names the actor on the bus (its subjects, its bus user); whoever starts
+the actor assigns it (``--actor-id`` or ``YAP_ACTOR_ID``, the launcher's replica
+slot such as ``chat-0``, stable across restarts), else it is a random
+``<kind>-<hex>``. Every process start also gets a fresh instance id of its own.
+"""
 
 from __future__ import annotations
 
@@ -19,17 +26,17 @@ from bus.codec import Codec
 from bus.logs import setup_logging
 from bus.loop import loop_factory
 from bus.metrics_http import MetricsServer
+from bus.subjects import InvalidSessionId, validate_id
 from configs import ConfigError, load_config
 from configs.schema import Config
 
 
-async def _run(config: Config, kind: Literal["tool", "chat"]) -> int:
+async def _run(config: Config, kind: Literal["tool", "chat"], actor_id: str) -> int:
     log = setup_logging(config.log.level, config.log.format, kind)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    actor_id = f"{kind}-{uuid.uuid4().hex[:10]}"
     engine = build_engine(config, kind)
     worker = (
         ToolWorker(config.tool, engine)
@@ -73,13 +80,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m actors", description=__doc__)
     parser.add_argument("kind", choices=["tool", "chat"])
     parser.add_argument("--config", help="TOML deployment file (default: the CPU config)")
+    parser.add_argument(
+        "--actor-id", help="this actor's id on the bus (default: $YAP_ACTOR_ID, else random)"
+    )
     args = parser.parse_args()
     try:
         config = load_config(args.config, os.environ)
-    except ConfigError as exc:
+        actor_id = validate_id(
+            args.actor_id
+            or os.environ.get("YAP_ACTOR_ID")
+            or f"{args.kind}-{uuid.uuid4().hex[:10]}"
+        )
+    except (ConfigError, InvalidSessionId) as exc:
         sys.exit(f"actors: {exc}")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        sys.exit(runner.run(_run(config, args.kind)))
+        sys.exit(runner.run(_run(config, args.kind, actor_id)))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ class ActorMetrics:
         self.tokens = Counter(
             "yap_actor_token_events", "Token events published", ["kind"], registry=r
         ).labels(**labels)
+        # Deltas from the engine; more than token events when deltas were merged.
+        self.deltas = Counter(
+            "yap_actor_token_deltas", "Token deltas the engine produced", ["kind"], registry=r
+        ).labels(**labels)
         self.bus_drops = Counter(
             "yap_actor_bus_dropped", "Bus messages dropped as malformed", ["kind"], registry=r
         ).labels(**labels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from types import TracebackType
 from typing import Protocol
@@ -22,7 +23,7 @@ from nats.aio.subscription import Subscription
 from actors.emitter import TurnEmitter
 from actors.engines.base import Engine, EngineDeadError, EngineRequestError
 from actors.metrics import ActorMetrics
-from bus import subjects
+from bus import codes, subjects
 from bus.codec import BusDecodeError, Codec
 from bus.connect import connect
 from bus.events import (
@@ -35,6 +36,7 @@ from bus.events import (
     ToolStart,
     Warm,
     Warmed,
+    request_id,
 )
 from configs.schema import ActorConfig, BusConfig
 
@@ -70,8 +72,12 @@ class ActorService:
         bus: BusConfig,
         codec: Codec,
         log: logging.Logger,
+        instance: str | None = None,
     ) -> None:
         self.actor_id = actor_id
+        # This process start of the actor id; edges that see a new one in a
+        # heartbeat know the legs the old one accepted are gone.
+        self.instance = instance or uuid.uuid4().hex[:12]
         self.kind = worker.kind
         self.engine = engine
         self._config = config
@@ -198,12 +204,24 @@ class ActorService:
         except BusDecodeError as exc:
             self._log.warning("dropped malformed start on %s: %s", msg.subject, exc)
             self.metrics.bus_drops.inc()
-            await self._reply(msg, Rejected("", "", self.actor_id, "bad_request", str(exc)))
+            await self._reply(msg, Rejected("", "", self.actor_id, codes.BAD_REQUEST, str(exc)))
             return
         if not isinstance(event, ToolStart | ChatStart) or (
             isinstance(event, ToolStart) != (self.kind == "tool")
         ):
             self._log.warning("dropped %s on %s", type(event).__name__, msg.subject)
+            return
+        if not event.edge_id:
+            await self._reply(
+                msg,
+                Rejected(
+                    event.session_id,
+                    event.turn_id,
+                    self.actor_id,
+                    codes.BAD_REQUEST,
+                    "the start names no edge to send the turn's events to",
+                ),
+            )
             return
         if self._draining:
             await self._reply(
@@ -212,7 +230,7 @@ class ActorService:
                     event.session_id,
                     event.turn_id,
                     self.actor_id,
-                    "actor_draining",
+                    codes.ACTOR_DRAINING,
                     "actor is shutting down; retry",
                 ),
             )
@@ -224,13 +242,25 @@ class ActorService:
                     event.session_id,
                     event.turn_id,
                     self.actor_id,
-                    "actor_busy",
+                    codes.ACTOR_BUSY,
                     "actor is at capacity; retry",
                 ),
             )
             return
-        await self._reply(msg, Accepted(event.session_id, event.turn_id, self.actor_id, self.kind))
-        emit = TurnEmitter(self._nc, self._codec, self.kind, event.session_id, event.turn_id)
+        await self._reply(
+            msg,
+            Accepted(event.session_id, event.turn_id, self.actor_id, self.kind, self.instance),
+        )
+        emit = TurnEmitter(
+            self._nc,
+            self._codec,
+            self.kind,
+            event.session_id,
+            event.turn_id,
+            edge_id=event.edge_id,
+            actor_id=self.actor_id,
+            spawn=self._spawn,
+        )
         if event.turn_id in self._tombstones:
             # Its cancel overtook it on the bus: end it without touching the engine.
             del self._tombstones[event.turn_id]
@@ -273,24 +303,25 @@ class ActorService:
         except EngineDeadError as exc:
             outcome = "engine_dead"
             log.error("engine dead: %s", exc)
-            await emit.error("engine_dead", "the model engine stopped; retry shortly")
+            await emit.error(codes.ENGINE_DEAD, "the model engine stopped; retry shortly")
             await emit.done("error")
             self.fatal.set()
         except EngineRequestError as exc:
             outcome = "failed"
             log.warning("%s turn failed: %s", self.kind, exc)
-            await emit.error("actor_error", f"generation failed: {exc}")
+            await emit.error(codes.ACTOR_ERROR, f"generation failed: {exc}")
             await emit.done("error")
         except Exception:
             outcome = "crashed"
             log.exception("%s turn crashed", self.kind)
-            await emit.error("internal_error", "the actor failed on this turn")
+            await emit.error(codes.INTERNAL_ERROR, "the actor failed on this turn")
             await emit.done("error")
         else:
             log.info("%s turn done in %.0f ms", self.kind, (time.monotonic() - started) * 1000)
         finally:
             self.metrics.turns.labels(self.kind, outcome).inc()
-            self.metrics.tokens.inc(emit.tokens_sent)
+            self.metrics.tokens.inc(emit.token_events)
+            self.metrics.deltas.inc(emit.tokens_sent)
             if emit.first_event_at is not None:
                 self.metrics.first_output.observe(emit.first_event_at - started)
             self._turns.pop(event.turn_id, None)
@@ -306,7 +337,11 @@ class ActorService:
             return
         task = self._turns.get(event.turn_id)
         if task is not None:
+            # Cancel first: the engine stops now, not when the turn's task next gets
+            # the loop (behind every token step that is ready to run). The worker
+            # aborts again on CancelledError; abort is idempotent.
             task.cancel()
+            await self.engine.abort(request_id(self.kind, event.session_id, event.turn_id))
             return
         # Unknown turn: another actor's, already finished, or not started yet.
         self._tombstones[event.turn_id] = None
@@ -333,14 +368,14 @@ class ActorService:
                 event.session_id,
                 event.turn_id,
                 self.actor_id,
-                "engine_dead",
+                codes.ENGINE_DEAD,
                 "the model engine stopped",
             )
             self.fatal.set()
         except Exception as exc:
             self._log.warning("warm failed: %r", exc)
             reply = Rejected(
-                event.session_id, event.turn_id, self.actor_id, "actor_error", "warming failed"
+                event.session_id, event.turn_id, self.actor_id, codes.ACTOR_ERROR, "warming failed"
             )
         await self._reply(msg, reply)
 
@@ -360,6 +395,7 @@ class ActorService:
             running=self.engine.running(),
             ready=self._ready,
             draining=self._draining,
+            instance=self.instance,
         )
         try:
             await self._nc.publish(

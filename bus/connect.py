@@ -10,6 +10,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoServersError
 
+from bus import subjects
 from configs.schema import BusConfig
 
 __all__ = ["connect"]
@@ -27,13 +28,15 @@ async def connect(
     *,
     on_disconnect: Hook | None = None,
     on_reconnect: Hook | None = None,
+    inbox_prefix: str = subjects.INBOX,
 ) -> NatsClient:
     """A connected client; waits (with backoff, forever) until the server is reachable.
 
     Once connected, nats-py reconnects on its own with no attempt limit, keeps
     subscriptions, and buffers publishes while the server is away. The hooks let a
     service end what cannot survive an outage (turns in flight) and announce itself
-    again after one.
+    again after one. ``inbox_prefix`` (``subjects.inbox_prefix(id)``) keeps this
+    process's request replies under a prefix that its bus permission names alone.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -71,6 +74,7 @@ async def connect(
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                inbox_prefix=inbox_prefix,
             )
             return client
         except (NoServersError, OSError, TimeoutError) as exc:

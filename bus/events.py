@@ -69,6 +69,8 @@ class Persona(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 class ToolStart(Event, tag="tool_start"):
     user_utterance: str
     history_text: str = ""
+    # The edge serving the connection: the leg's events go to its subjects.
+    edge_id: str = ""
 
 
 class ChatStart(Event, tag="chat_start"):
@@ -76,6 +78,7 @@ class ChatStart(Event, tag="chat_start"):
     persona: Persona
     history_text: str = ""
     seed: int | None = None
+    edge_id: str = ""
 
 
 class Warm(Event, tag="warm"):
@@ -84,6 +87,7 @@ class Warm(Event, tag="warm"):
     segment: Literal["persona", "history"]
     persona: Persona
     history_text: str = ""
+    edge_id: str = ""
 
 
 class Cancel(Event, tag="cancel"):
@@ -99,6 +103,9 @@ InboundEvent = ToolStart | ChatStart | Warm | Cancel
 class Accepted(Event, tag="accepted"):
     actor_id: str
     kind: ActorKind
+    # The accepting process's start: a heartbeat with another instance means the
+    # actor restarted and the legs this one accepted are gone.
+    instance: str = ""
 
 
 class Rejected(Event, tag="rejected"):
@@ -170,6 +177,7 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     running: int = 0
     ready: bool = True
     draining: bool = False
+    instance: str = ""  # fresh for every process start of this actor id
 
 
 class EdgeStats(msgspec.Struct, frozen=True, kw_only=True, array_like=True):

@@ -1,24 +1,57 @@
 """Who may publish and subscribe to what on the bus, as nats-server config.
 
-Each process kind connects as its own user. The edge may only publish the ``in``
-subjects and read the ``out`` ones; actors the reverse; an observer only reads
-heartbeats. A leaked edge password therefore cannot forge a token into another
-session's stream, and anonymous connections are refused outright.
+Every process connects as its own user, named by its id, with permissions built
+from that id:
+
+- an edge publishes only the ``in`` subjects (starts, warms, cancels), its own
+  stats and the session KV bucket's API, and reads only its own outbound subjects
+  (``yap.edge.<its id>.session.*.out.>``), heartbeats and replies to its own inbox
+  prefix (``_INBOX.<its id>.>``): it cannot read another edge's sessions or replies;
+- an actor reads the ``in`` subjects, answers requests (``allow_responses``) and
+  publishes only outbound subjects that carry its own id as the sender, and its own
+  heartbeat: with the edge accepting a leg's events only from the actor that
+  accepted the leg, a leaked actor password cannot write into another actor's leg;
+- the observer (``just status``) only reads heartbeats and edge stats.
+
+Anonymous connections are refused outright. Other roles (replay, tools) are
+``Role`` values of their own, passed to :func:`authorization_config` beside these.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from bus.subjects import PREFIX
+from bus import subjects
 
-__all__ = ["ROLES", "Role", "authorization_config", "new_passwords"]
+__all__ = [
+    "OBSERVER",
+    "SESSIONS_KV",
+    "Role",
+    "actor_role",
+    "authorization_config",
+    "deployment_roles",
+    "edge_role",
+    "new_passwords",
+    "observer_role",
+]
 
 SESSIONS_KV: Final = "yap_sessions"
+OBSERVER: Final = "observer"
+
+# What the edge's session store needs of JetStream: find or make the KV bucket,
+# read and write its keys. Replies come back to the edge's own inbox.
+_SESSIONS_KV_API: Final = (
+    f"$JS.API.STREAM.INFO.KV_{SESSIONS_KV}",
+    f"$JS.API.STREAM.CREATE.KV_{SESSIONS_KV}",
+    f"$JS.API.STREAM.MSG.GET.KV_{SESSIONS_KV}",
+    f"$JS.API.DIRECT.GET.KV_{SESSIONS_KV}.>",
+    f"$KV.{SESSIONS_KV}.>",
+    "$JS.API.INFO",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,52 +64,78 @@ class Role:
     allow_responses: bool = False
 
 
-ROLES: Final[tuple[Role, ...]] = (
-    Role(
-        user="edge",
+def edge_role(edge_id: str) -> Role:
+    """The user of edge ``edge_id``: its own outbound subjects and inbox, nothing else's."""
+    return Role(
+        user=subjects.validate_id(edge_id),
         publish=(
-            f"{PREFIX}.session.*.in.>",
-            f"{PREFIX}.edge.*.stats",
-            # Session settings in a JetStream KV bucket.
-            f"$JS.API.STREAM.INFO.KV_{SESSIONS_KV}",
-            f"$JS.API.STREAM.CREATE.KV_{SESSIONS_KV}",
-            f"$JS.API.STREAM.MSG.GET.KV_{SESSIONS_KV}",
-            f"$JS.API.DIRECT.GET.KV_{SESSIONS_KV}.>",
-            f"$KV.{SESSIONS_KV}.>",
-            "$JS.API.INFO",
+            f"{subjects.PREFIX}.session.*.in.>",
+            subjects.edge_stats(edge_id),
+            *_SESSIONS_KV_API,
         ),
-        subscribe=(f"{PREFIX}.session.*.out.>", f"{PREFIX}.actor.*.*.heartbeat", "_INBOX.>"),
-    ),
-    Role(
-        user="actor",
-        publish=(f"{PREFIX}.session.*.out.>", f"{PREFIX}.actor.*.*.heartbeat"),
-        subscribe=(f"{PREFIX}.session.*.in.>",),
+        subscribe=(
+            subjects.edge_outbox(edge_id),
+            subjects.ALL_HEARTBEATS,
+            f"{subjects.inbox_prefix(edge_id)}.>",
+        ),
+    )
+
+
+def actor_role(actor_id: str) -> Role:
+    """The user of actor ``actor_id``: it may speak only as itself."""
+    return Role(
+        user=subjects.validate_id(actor_id),
+        publish=(
+            subjects.out_from(actor_id),
+            f"{subjects.PREFIX}.actor.*.{actor_id}.heartbeat",
+        ),
+        subscribe=(f"{subjects.PREFIX}.session.*.in.>",),
         allow_responses=True,
-    ),
-    Role(
-        user="observer",
-        publish=(),
-        subscribe=(f"{PREFIX}.actor.*.*.heartbeat", f"{PREFIX}.edge.*.stats"),
-    ),
-)
+    )
 
 
-def new_passwords() -> dict[str, str]:
-    """Fresh random passwords, one per role, for one run of the system."""
-    return {role.user: secrets.token_urlsafe(24) for role in ROLES}
+def observer_role() -> Role:
+    return Role(
+        user=OBSERVER, publish=(), subscribe=(subjects.ALL_HEARTBEATS, subjects.ALL_EDGE_STATS)
+    )
 
 
-def authorization_config(passwords: Mapping[str, str]) -> str:
-    """The ``authorization`` block of a nats-server config for these passwords."""
+def deployment_roles(edge_ids: Iterable[str], actor_ids: Iterable[str]) -> tuple[Role, ...]:
+    """One user per edge and per actor, and the observer."""
+    return (
+        *(edge_role(e) for e in edge_ids),
+        *(actor_role(a) for a in actor_ids),
+        observer_role(),
+    )
+
+
+def new_passwords(roles: Iterable[Role]) -> dict[str, str]:
+    """Fresh random passwords, one per user, for one run of the system."""
+    return {role.user: secrets.token_urlsafe(24) for role in roles}
+
+
+def authorization_config(roles: Iterable[Role], passwords: Mapping[str, str]) -> str:
+    """The ``authorization`` block of a nats-server config for these users.
+
+    Raises:
+        ValueError: two roles share a user name (an edge and an actor with one id),
+            or a role has no password.
+    """
     users = []
-    for role in ROLES:
-        permissions = {
+    seen: set[str] = set()
+    for role in roles:
+        if role.user in seen:
+            raise ValueError(f"two bus users are named {role.user!r}; ids must be unique")
+        seen.add(role.user)
+        if role.user not in passwords:
+            raise ValueError(f"no password for bus user {role.user!r}")
+        permissions: dict[str, object] = {
             # An empty allow list would mean "everything"; deny all instead.
             "publish": {"allow": list(role.publish)} if role.publish else {"deny": [">"]},
             "subscribe": {"allow": list(role.subscribe)},
         }
         if role.allow_responses:
-            permissions["allow_responses"] = True  # type: ignore[assignment]
+            permissions["allow_responses"] = True
         users.append(
             {"user": role.user, "password": passwords[role.user], "permissions": permissions}
         )

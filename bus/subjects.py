@@ -1,8 +1,12 @@
 """The only place that builds NATS subject strings.
 
-Inbound subjects (edge to actors) and outbound ones (actors to edge) are keyed by
-session so that an edge listens to exactly the sessions it serves, and a session id
-is checked before it ever becomes a subject token.
+Inbound subjects (edge to actors) are keyed by session. Outbound ones (actors to
+edge) name the edge that serves the connection, the session, and the actor that
+sends: ``yap.edge.<edge_id>.session.<sid>.out.<actor_id>.<kind>``. So each edge
+holds one wildcard subscription for all its sessions, per-session recording and
+permissions still see the session, and a per-actor permission that lets an actor
+publish only subjects with its own id makes the sender's id in the subject true.
+Every id is checked before it ever becomes a subject token.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Final, Literal
 __all__ = [
     "ALL_EDGE_STATS",
     "ALL_HEARTBEATS",
+    "INBOX",
+    "OUT_KINDS",
     "PREFIX",
     "QUEUE_CHAT",
     "QUEUE_TOOL",
@@ -25,17 +31,22 @@ __all__ = [
     "all_chat_starts_at",
     "all_chat_warms",
     "all_chat_warms_at",
+    "all_out",
     "all_tool_starts",
     "cancel",
     "chat_start",
     "chat_start_at",
     "chat_warm",
     "chat_warm_at",
+    "edge_out",
+    "edge_outbox",
     "edge_stats",
     "heartbeat",
-    "out",
-    "session_out",
+    "inbox_prefix",
+    "out_from",
+    "parse_edge_out",
     "tool_start",
+    "validate_id",
     "validate_session_id",
 ]
 
@@ -45,9 +56,12 @@ QUEUE_CHAT: Final = "yap-chat"
 SESSION_ID_MAX_LEN: Final = 128
 ALL_HEARTBEATS: Final = f"{PREFIX}.actor.*.*.heartbeat"
 ALL_EDGE_STATS: Final = f"{PREFIX}.edge.*.stats"
+# nats-py's default; each edge gets its own prefix under it (inbox_prefix()).
+INBOX: Final = "_INBOX"
 
 ActorKind = Literal["tool", "chat"]
 OutKind = Literal["toolcall", "token", "done", "error", "warmed"]
+OUT_KINDS: Final[frozenset[str]] = frozenset({"toolcall", "token", "done", "error", "warmed"})
 
 _SAFE_TOKEN = re.compile(rf"[A-Za-z0-9_-]{{1,{SESSION_ID_MAX_LEN}}}")
 
@@ -70,6 +84,15 @@ def validate_session_id(session_id: str) -> str:
     return session_id
 
 
+def validate_id(identity: str) -> str:
+    """An edge or actor id, checked like a session id: one safe subject token.
+
+    Raises:
+        InvalidSessionId: as :func:`validate_session_id`.
+    """
+    return validate_session_id(identity)
+
+
 def _session(session_id: str) -> str:
     return f"{PREFIX}.session.{validate_session_id(session_id)}"
 
@@ -89,40 +112,74 @@ def chat_warm(session_id: str) -> str:
 # Session affinity: the same chat actor serves a session's turns while it lives, so
 # its engine's prefix cache still holds the session's persona and history.
 def chat_start_at(session_id: str, actor_id: str) -> str:
-    return f"{chat_start(session_id)}.{validate_session_id(actor_id)}"
+    return f"{chat_start(session_id)}.{validate_id(actor_id)}"
 
 
 def chat_warm_at(session_id: str, actor_id: str) -> str:
-    return f"{chat_warm(session_id)}.{validate_session_id(actor_id)}"
+    return f"{chat_warm(session_id)}.{validate_id(actor_id)}"
 
 
 def all_chat_starts_at(actor_id: str) -> str:
-    return f"{all_chat_starts()}.{validate_session_id(actor_id)}"
+    return f"{all_chat_starts()}.{validate_id(actor_id)}"
 
 
 def all_chat_warms_at(actor_id: str) -> str:
-    return f"{all_chat_warms()}.{validate_session_id(actor_id)}"
+    return f"{all_chat_warms()}.{validate_id(actor_id)}"
 
 
 def cancel(session_id: str) -> str:
     return f"{_session(session_id)}.in.cancel"
 
 
-def out(session_id: str, kind: OutKind) -> str:
-    return f"{_session(session_id)}.out.{kind}"
+def _edge(edge_id: str) -> str:
+    return f"{PREFIX}.edge.{validate_id(edge_id)}"
 
 
-def session_out(session_id: str) -> str:
-    """Everything the actors send about one session (a subscription subject)."""
-    return f"{_session(session_id)}.out.>"
+def edge_out(edge_id: str, session_id: str, actor_id: str, kind: OutKind) -> str:
+    """Where ``actor_id`` publishes one session's events for the edge serving it."""
+    session = validate_session_id(session_id)
+    return f"{_edge(edge_id)}.session.{session}.out.{validate_id(actor_id)}.{kind}"
+
+
+def edge_outbox(edge_id: str) -> str:
+    """The one subscription of an edge: every session's events, from every actor."""
+    return f"{_edge(edge_id)}.session.*.out.>"
+
+
+def all_out() -> str:
+    """Every outbound event of every edge (recording, observers)."""
+    return f"{PREFIX}.edge.*.session.*.out.>"
+
+
+def out_from(actor_id: str) -> str:
+    """Every outbound subject that names ``actor_id`` as the sender (its permission)."""
+    return f"{PREFIX}.edge.*.session.*.out.{validate_id(actor_id)}.>"
+
+
+def parse_edge_out(subject: str) -> tuple[str, str, str] | None:
+    """``(session_id, actor_id, kind)`` of an outbound subject, or None if it is not one.
+
+    Cheap (one split) because the edge calls it for every event; the tokens need no
+    further check: a subscription only delivers subjects the server matched, and
+    ids cannot hold a ``.``.
+    """
+    parts = subject.split(".")
+    if len(parts) != 8 or parts[3] != "session" or parts[5] != "out" or parts[7] not in OUT_KINDS:
+        return None
+    return parts[4], parts[6], parts[7]
+
+
+def inbox_prefix(identity: str) -> str:
+    """A process's own request-reply inbox prefix, so its permission can name it alone."""
+    return f"{INBOX}.{validate_id(identity)}"
 
 
 def heartbeat(kind: ActorKind, actor_id: str) -> str:
-    return f"{PREFIX}.actor.{kind}.{validate_session_id(actor_id)}.heartbeat"
+    return f"{PREFIX}.actor.{kind}.{validate_id(actor_id)}.heartbeat"
 
 
 def edge_stats(edge_id: str) -> str:
-    return f"{PREFIX}.edge.{validate_session_id(edge_id)}.stats"
+    return f"{_edge(edge_id)}.stats"
 
 
 # Wildcard subscriptions for the actors, one per inbound kind.

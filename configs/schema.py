@@ -6,6 +6,7 @@ with the key's path instead of being silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 import msgspec
@@ -59,10 +60,18 @@ class EdgeConfig(_Base):
     # Browser pages allowed to connect (empty: any). A client that sends no Origin
     # (Pipecat, a server) is no browser and is always let through to the key check.
     allowed_origins: tuple[str, ...] = ()
-    # Failed keys from one address before it gets HTTP 429 for the rest of the window.
+    # Failed keys from one address before it gets HTTP 429 for the rest of the window
+    # (a request with the right key is never refused).
     auth_max_failures: int = 10
     auth_failure_window_s: float = 60.0
+    # Proxies (addresses or CIDR blocks) whose X-Forwarded-For names the real client,
+    # for the auth throttle; empty: the header is ignored (anyone can write it).
+    trusted_proxies: tuple[str, ...] = ()
     shutdown_timeout_s: float = 5.0
+    # Edge processes sharing the port with SO_REUSEPORT. max_concurrent_connections is
+    # the limit of all of them together, counted with a slot file (edge/capacity.py).
+    processes: int = 1
+    slots_path: str = ".yap/edge-slots"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -71,6 +80,15 @@ class EdgeConfig(_Base):
             raise ValueError("edge.max_frame_bytes must be at least 1024")
         if not self.api_key:
             raise ValueError("edge.api_key must not be empty")
+        if self.processes < 1:
+            raise ValueError("edge.processes must be at least 1")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"edge.trusted_proxies: {proxy!r} is not an address or CIDR block"
+                ) from None
 
 
 class BusConfig(_Base):

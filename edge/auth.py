@@ -1,14 +1,26 @@
-"""API-key checks for WebSocket and HTTP requests, in constant time."""
+"""API-key checks for WebSocket and HTTP requests, in constant time; the client's
+real address behind trusted proxies; the throttle on failed keys."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
+from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 
-__all__ = ["AuthThrottle", "is_authorized", "presented_key"]
+__all__ = [
+    "AuthThrottle",
+    "Network",
+    "client_address",
+    "is_authorized",
+    "parse_networks",
+    "presented_key",
+]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def presented_key(path: str, headers: Headers) -> str | None:
@@ -32,11 +44,50 @@ def is_authorized(path: str, headers: Headers, expected: str) -> bool:
     return hmac.compare_digest(key.encode(), expected.encode())
 
 
+def parse_networks(specs: Iterable[str]) -> tuple[Network, ...]:
+    """``edge.trusted_proxies``: addresses or CIDR blocks.
+
+    Raises:
+        ValueError: one of them is neither.
+    """
+    return tuple(ipaddress.ip_network(spec.strip(), strict=False) for spec in specs)
+
+
+def client_address(peer: str, headers: Headers, trusted: tuple[Network, ...]) -> str:
+    """The address of the client behind ``peer``.
+
+    The TCP peer, unless it is a trusted proxy: then ``X-Forwarded-For`` is read
+    from the right (each proxy appends the address it saw), skipping trusted
+    proxies, and the first address that is not one is the client. Without trusted
+    proxies (the default) the header is ignored: anyone can write it.
+    """
+    if not trusted or not _trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for value in headers.get_all("X-Forwarded-For") for hop in value.split(",")]
+    for hop in reversed(hops):
+        if not hop:
+            continue
+        if not _trusted(hop, trusted):
+            return hop
+    return peer  # the proxies named no one else: the last proxy is the client
+
+
+def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
 class AuthThrottle:
     """Refuses a client address for a while after too many failed keys.
 
-    Guessing keys costs a handshake each; after ``max_failures`` within
-    ``window_s`` the address gets HTTP 429 until the window has passed.
+    After ``max_failures`` wrong or missing keys within ``window_s`` an address gets
+    HTTP 429, before any WebSocket handshake, until the window has passed. The edge
+    asks only about requests whose key is wrong: a client with the right key is
+    never refused, even from a blocked address (one bad client behind a NAT must
+    not lock out the others behind it).
     """
 
     def __init__(self, *, max_failures: int, window_s: float, max_tracked: int = 10_000) -> None:

@@ -1,8 +1,16 @@
 """One client connection: reads messages, runs turns, writes frames.
 
+The decisions live elsewhere, without I/O: what a message is (``edge.protocol``),
+what it does to the session (``edge.session``), what a bus event does to a turn
+(``edge.turn``); requests to the actors go through ``edge.legs``. This class
+carries out what they decide.
+
 Each connection owns one TaskGroup (the frame writer, turn tasks, warm requests);
 each turn owns another (its leg start requests). When the connection's group
 exits, its turns are gone, and their engine requests have been cancelled on the bus.
+
+Frames are written by an ``edge.writer.FrameWriter``, all that is pending at once,
+when a burst of work for the connection is over.
 """
 
 from __future__ import annotations
@@ -11,32 +19,20 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-import msgspec
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.errors import ConnectionClosedError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from bus import subjects
-from bus.codec import BusDecodeError
-from bus.events import (
-    Accepted,
-    ActorKind,
-    Cancel,
-    ChatStart,
-    Rejected,
-    ToolStart,
-    Warm,
-    Warmed,
-)
-from bus.persona import normalize_gender
-from edge import errors, frames
+from bus import codes
+from bus.events import ActorKind, OutboundEvent
+from edge import frames, session
+from edge.context import EdgeContext
 from edge.errors import ProtocolError
+from edge.legs import LegRefused
 from edge.messages import (
     CancelMessage,
     ClientMessage,
@@ -47,63 +43,57 @@ from edge.messages import (
     WarmHistoryMessage,
     WarmPersonaMessage,
 )
-from edge.outbox import Outbox
 from edge.ratelimit import RateLimiter
 from edge.sessions import SessionSettings, new_session
-from edge.state import EdgeState
-from edge.turn import Action, CancelLegs, SendFrame, SendToken, StartLeg, TurnMachine, TurnPlan
+from edge.turn import Action, CancelLegs, SendFrame, SendToken, StartLeg, Turn, TurnPlan
+from edge.writer import FrameWriter
 
-__all__ = ["ClientConnection"]
+__all__ = ["IDLE_CLOSE_CODE", "ClientConnection"]
 
-_TICK_S = 0.1  # how often a running turn checks its deadlines and its actors
 IDLE_CLOSE_CODE = 4000
 
 
-@dataclass
-class _Turn:
-    machine: TurnMachine
-    start: StartMessage
+@dataclass(eq=False)
+class _RunningTurn:
+    turn: Turn
+    message: StartMessage
     settings: SessionSettings
     log: logging.LoggerAdapter[logging.Logger]
-    started_at: float = field(default_factory=time.monotonic)
-    last_event_at: float = field(default_factory=time.monotonic)
-    actors: dict[ActorKind, str] = field(default_factory=dict)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     group: asyncio.TaskGroup | None = None
     task: asyncio.Task[None] | None = None
-    leg_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    legs: set[asyncio.Task[None]] = field(default_factory=set)
     first_token_at: float | None = None
-
-    @property
-    def turn_id(self) -> str:
-        return self.machine.plan.turn_id
 
 
 class ClientConnection:
     def __init__(
-        self, state: EdgeState, ws: ServerConnection, log: logging.LoggerAdapter[logging.Logger]
+        self, context: EdgeContext, ws: ServerConnection, log: logging.LoggerAdapter[logging.Logger]
     ) -> None:
-        self._state = state
+        self._ctx = context
         self._ws = ws
         self._log = log
-        self._outbox = Outbox()
-        self._session_id: str | None = None
-        # This connection's copy of its session's settings: one store read per
-        # connection and session, one write when they change.
-        self._settings: SessionSettings | None = None
-        self._subscription: Subscription | None = None
-        self._turn: _Turn | None = None
-        self._group: asyncio.TaskGroup | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        edge = state.config.edge
+        edge = context.config.edge
+        self._session = session.SessionView()
+        self._running: _RunningTurn | None = None
         self._messages = RateLimiter(edge.messages_per_minute)
         self._cancels = RateLimiter(edge.cancels_per_minute)
+        self._closing = False  # the server is shutting down: no new turns
         self._close_code: tuple[int, str] | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._out = FrameWriter(
+            ws,
+            context.encoder,
+            flush_s=edge.stream_flush_ms / 1000.0,
+            token_frames=context.metrics.tokens,
+            log=log,
+        )
         self._writer: asyncio.Task[None] | None = None
 
     @property
     def turn_running(self) -> bool:
-        return self._turn is not None and not self._turn.machine.finished
+        return self._running is not None and not self._running.turn.finished
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -112,37 +102,37 @@ class ClientConnection:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                writer = self._writer = group.create_task(self._write_loop())
+                writer = self._writer = group.create_task(self._out.run())
                 try:
                     await self._read_loop()
                 finally:
                     await self._end_turn(reason="disconnect")
                     for task in list(self._tasks):
                         task.cancel()
-                    self._outbox.close()
+                    self._out.stop()
                 await writer
         finally:
-            if self._subscription is not None:
-                await self._unsubscribe()
+            if self._session.session_id is not None:
+                self._ctx.dispatcher.detach(self._session.session_id, self)
         if self._close_code is not None:
             await self._ws.close(*self._close_code)
 
     async def shutdown(self, timeout_s: float) -> None:
         """Let the running turn finish within ``timeout_s``, then end it and close 1001."""
-        turn = self._turn
-        if turn is not None and not turn.machine.finished:
+        self._closing = True
+        running = self._running
+        if running is not None and not running.turn.finished:
             try:
                 async with asyncio.timeout(timeout_s):
-                    await turn.ended.wait()
+                    await running.ended.wait()
             except TimeoutError:
-                await self._perform(
-                    turn,
-                    turn.machine.fail(
-                        errors.SERVER_SHUTTING_DOWN, "the server is restarting; please reconnect"
-                    ),
+                await self._fail(
+                    running,
+                    codes.SERVER_SHUTTING_DOWN,
+                    "the server is restarting; please reconnect",
                 )
         self._close_code = (1001, "server shutting down")
-        self._outbox.close()
+        self._out.stop()
         if self._writer is not None:
             # The last frames (the turn's error and done) go out before the close.
             await asyncio.wait({self._writer}, timeout=1.0)
@@ -150,25 +140,37 @@ class ClientConnection:
 
     async def bus_lost(self) -> None:
         """The bus went away: the running turn cannot finish, so end it with an error."""
-        turn = self._turn
-        if turn is not None and not turn.machine.finished:
-            await self._perform(
-                turn,
-                turn.machine.fail(
-                    errors.BUS_UNAVAILABLE, "the message bus went away; please retry"
-                ),
+        if (running := self._running) is not None:
+            await self._fail(
+                running, codes.BUS_UNAVAILABLE, "the message bus went away; please retry"
             )
+
+    async def check(self, now: float, is_alive: Callable[[str], bool]) -> None:
+        """The running turn's deadlines and actors (the server calls this every tick)."""
+        if (running := self._running) is not None and (
+            actions := running.turn.expire(now, is_alive)
+        ):
+            await self._perform(running, actions)
+            self.flush()
+
+    async def actor_restarted(self, actor_id: str, instance: str) -> None:
+        if (running := self._running) is not None and (
+            actions := running.turn.restarted(actor_id, instance)
+        ):
+            await self._perform(running, actions)
+            self.flush()
 
     # --- reading --------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        idle_s = self._state.config.edge.idle_timeout_s
+        idle_s = self._ctx.config.edge.idle_timeout_s
+        protocol = self._ctx.protocol
         while True:
             try:
                 async with asyncio.timeout(idle_s if idle_s > 0 else None):
                     data = await self._ws.recv()
             except TimeoutError:
-                if self._turn is not None and not self._turn.machine.finished:
+                if self.turn_running:
                     continue  # waiting on a reply is not idleness
                 self._log.info("closing idle connection after %.0f s", idle_s)
                 self._close_code = (IDLE_CLOSE_CODE, "idle timeout")
@@ -176,16 +178,17 @@ class ClientConnection:
             except ConnectionClosed:
                 return
             if not self._messages.allow():
-                self._error(errors.RATE_LIMITED, "too many messages; slow down")
-                continue
-            try:
-                message = self._state.protocol.parse(data)
-            except ProtocolError as exc:
-                self._log.info("bad message: %s", exc.code)
-                self._error(exc.code, exc.message)
-                continue
-            if await self._handle(message):
-                return
+                self._error(codes.RATE_LIMITED, "too many messages; slow down")
+            else:
+                try:
+                    message = protocol.parse(data)
+                except ProtocolError as exc:
+                    self._log.info("bad message: %s", exc.code)
+                    self._error(exc.code, exc.message)
+                else:
+                    if await self._handle(message):
+                        return
+            self.flush()
 
     async def _handle(self, message: ClientMessage) -> bool:
         """Act on one message; True when the connection should close."""
@@ -194,19 +197,19 @@ class ClientConnection:
                 await self._start_turn(message)
             case CancelMessage():
                 if not self._cancels.allow():
-                    self._error(errors.RATE_LIMITED, "too many cancels; slow down")
+                    self._error(codes.RATE_LIMITED, "too many cancels; slow down")
                     return False
                 await self._end_turn(reason="cancel")
-                self._outbox.push(frames.done(cancelled=True))
+                self._out.push(frames.done(cancelled=True))
             case WarmPersonaMessage() | WarmHistoryMessage():
                 self._spawn(self._warm(message))
             case SetPersonaMessage():
                 await self._set_persona(message)
             case PingMessage():
-                self._outbox.push(frames.pong())
+                self._out.push(frames.pong())
             case EndMessage():
                 was_running = await self._end_turn(reason="end")
-                self._outbox.push(frames.done(cancelled=True) if was_running else frames.done())
+                self._out.push(frames.done(cancelled=True) if was_running else frames.done())
                 self._close_code = (1000, "end")
                 return True
         return False
@@ -214,32 +217,28 @@ class ClientConnection:
     # --- turns ----------------------------------------------------------------
 
     async def _start_turn(self, message: StartMessage) -> None:
-        state = self._state
-        if state.shutting_down:
-            self._error(errors.SERVER_SHUTTING_DOWN, "the server is restarting; please reconnect")
+        ctx = self._ctx
+        if self._closing:
+            self._error(codes.SERVER_SHUTTING_DOWN, "the server is restarting; please reconnect")
             return
         session_id = message.session_id
-        known = self._settings if session_id == self._session_id else None
-        settings = known or await state.sessions.get(session_id)
-        if settings is None:
-            settings = new_session(state.rng, datetime.now())
-        updated, changed = _apply_persona(settings, message)
-        if updated.assistant_gender is None:
-            self._error(
-                errors.MISSING_FIELD,
-                "assistant_gender is required on a session's first start: woman or man",
+        known = self._session.cached(session_id)
+        stored = known or await ctx.sessions.get(session_id)
+        try:
+            settings, changed = session.start_settings(
+                stored or new_session(ctx.rng, datetime.now()), message
             )
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message)
             return
         # Only a start that will run barges in: a rejected one leaves the turn alone.
         await self._end_turn(reason="barge_in")
         if known is None or changed:
-            await state.sessions.put(session_id, updated)
-        settings = updated
-        if session_id != self._session_id:
-            await self._subscribe(session_id)
-        self._settings = settings
+            await ctx.sessions.put(session_id, settings)
+        self._join(session_id, settings)
 
-        models = state.config.models
+        config = ctx.config
+        models = config.models
         turn_id = uuid.uuid4().hex
         plan = TurnPlan(
             session_id=session_id,
@@ -252,332 +251,189 @@ class ClientConnection:
             self._log.logger,
             {**(self._log.extra or {}), "session_id": session_id, "turn_id": turn_id},
         )
-        turn = _Turn(machine=TurnMachine(plan), start=message, settings=settings, log=log)
-        self._outbox.push(
-            frames.ack_start(
+        turn = Turn(
+            plan,
+            now=time.monotonic(),
+            event_timeout_s=config.edge.event_timeout_s,
+            turn_timeout_s=config.edge.turn_timeout_s,
+        )
+        running = _RunningTurn(turn=turn, message=message, settings=settings, log=log)
+        self._out.push(
+            session.start_ack(
+                settings,
                 session_id=session_id,
-                seed=settings.seed,
-                now=settings.now,
-                assistant_gender=settings.assistant_gender,
-                persona_style=settings.persona_style,
-                persona_text_override=settings.persona_text is not None,
-                chat_model=state.config.chat.model if models.chat else None,
-                tool_model=state.config.tool.model if models.tool else None,
                 turn_id=turn_id,
+                chat_model=config.chat.model if models.chat else None,
+                tool_model=config.tool.model if models.tool else None,
             )
         )
-        self._turn = turn
+        self._running = running
         log.info(
             "turn start (%s%s)",
             models.deploy,
             ", concurrent" if models.concurrent_model_call else "",
         )
         assert self._group is not None
-        turn.task = self._group.create_task(self._run_turn(turn))
+        running.task = self._group.create_task(self._run_turn(running))
 
-    async def _run_turn(self, turn: _Turn) -> None:
-        edge = self._state.config.edge
+    async def _run_turn(self, running: _RunningTurn) -> None:
         try:
             async with asyncio.TaskGroup() as group:
-                turn.group = group
-                await self._perform(turn, turn.machine.begin())
-                while not turn.machine.finished:
-                    try:
-                        async with asyncio.timeout(_TICK_S):
-                            await turn.ended.wait()
-                    except TimeoutError:
-                        await self._check_deadlines(turn, edge.event_timeout_s, edge.turn_timeout_s)
-                for task in list(turn.leg_tasks):  # start requests still waiting on a reply
+                running.group = group
+                await self._perform(running, running.turn.begin())
+                await running.ended.wait()
+                for task in list(running.legs):  # start requests still waiting on a reply
                     task.cancel()
         finally:
-            turn.ended.set()
-            outcome = turn.machine.outcome
-            code = turn.machine.error_code
-            self._state.outcomes[code or outcome] += 1
-            self._state.metrics.turns.labels(code or outcome).inc()
-            turn.log.info(
+            running.ended.set()
+            machine = running.turn.machine
+            code, outcome = machine.error_code, machine.outcome
+            self._ctx.stats.outcomes[code or outcome] += 1
+            self._ctx.metrics.turns.labels(code or outcome).inc()
+            running.log.info(
                 "turn %s in %.0f ms%s",
                 "done" if outcome == "completed" else outcome,
-                (time.monotonic() - turn.started_at) * 1000,
+                (time.monotonic() - running.turn.started_at) * 1000,
                 f" ({code})" if code else "",
             )
-            if self._turn is turn:
-                self._turn = None
-
-    async def _check_deadlines(
-        self, turn: _Turn, event_timeout_s: float, turn_timeout_s: float
-    ) -> None:
-        now = time.monotonic()
-        machine = turn.machine
-        for kind in machine.running_legs():
-            actor_id = turn.actors.get(kind)
-            if actor_id is not None and not self._state.registry.is_alive(actor_id, now):
-                await self._perform(
-                    turn,
-                    machine.fail(
-                        errors.ACTOR_LOST, f"the {kind} actor stopped responding; please retry"
-                    ),
-                )
-                return
-        if now - turn.started_at > turn_timeout_s:
-            await self._perform(
-                turn,
-                machine.fail(
-                    errors.TURN_TIMEOUT, f"the turn took longer than {turn_timeout_s:.0f} s"
-                ),
-            )
-        elif machine.running_legs() and now - turn.last_event_at > event_timeout_s:
-            await self._perform(
-                turn,
-                machine.fail(
-                    errors.TURN_TIMEOUT, f"no reply from the actors for {event_timeout_s:.0f} s"
-                ),
-            )
+            if self._running is running:
+                self._running = None
 
     async def _end_turn(self, *, reason: str) -> bool:
         """Stop the running turn (cancel, barge-in, disconnect); True if one was running."""
-        turn = self._turn
-        if turn is None:
+        running = self._running
+        if running is None:
             return False
-        self._turn = None
-        running = not turn.machine.finished
-        if running:
-            turn.log.info("turn cancelled (%s)", reason)
-            self._state.metrics.cancels.labels(reason).inc()
-            await self._perform(turn, turn.machine.cancel(), reason=reason)
-        turn.ended.set()
-        if turn.task is not None:
-            turn.task.cancel()
-        return running
+        self._running = None
+        was_running = not running.turn.finished
+        if was_running:
+            # Cancel first: the actors hear of it before anything else is done here.
+            await self._perform(running, running.turn.machine.cancel(), reason=reason)
+            running.log.info("turn cancelled (%s)", reason)
+            self._ctx.metrics.cancels.labels(reason).inc()
+        running.ended.set()
+        if running.task is not None:
+            running.task.cancel()
+        return was_running
 
-    async def _perform(self, turn: _Turn, actions: list[Action], reason: str = "cancel") -> None:
+    async def _fail(self, running: _RunningTurn, code: str, message: str) -> None:
+        await self._perform(running, running.turn.machine.fail(code, message))
+        self.flush()
+
+    async def _perform(
+        self, running: _RunningTurn, actions: list[Action], reason: str = "cancel"
+    ) -> None:
         for action in actions:
             match action:
                 case SendToken(text=text):
-                    if self._turn is turn:
-                        if turn.first_token_at is None:
-                            turn.first_token_at = time.monotonic()
-                            ttft = turn.first_token_at - turn.started_at
-                            self._state.recent_ttft.append(ttft)
-                            self._state.metrics.ttft.observe(ttft)
-                        self._outbox.push_token(text)
+                    if self._running is running:
+                        if running.first_token_at is None:
+                            self._first_token(running)
+                        self._out.push_token(text)
                 case SendFrame(frame=frame):
-                    if self._turn is turn:
-                        self._count(frame, turn)
-                        self._outbox.push(frame)
+                    if self._running is running:
+                        self._count(frame, running)
+                        self._out.push(frame)
                 case StartLeg(kind=kind):
-                    if turn.group is not None:
-                        task = turn.group.create_task(self._start_leg(turn, kind))
-                        turn.leg_tasks.add(task)
-                        task.add_done_callback(turn.leg_tasks.discard)
+                    if running.group is not None:
+                        task = running.group.create_task(self._start_leg(running, kind))
+                        running.legs.add(task)
+                        task.add_done_callback(running.legs.discard)
                 case CancelLegs():
-                    await self._publish_cancel(turn, reason)
-        if turn.machine.finished:
-            turn.ended.set()
+                    plan = running.turn.machine.plan
+                    await self._ctx.legs.cancel(plan.session_id, plan.turn_id, reason)
+        if running.turn.finished:
+            running.ended.set()
 
-    async def _start_leg(self, turn: _Turn, kind: ActorKind) -> None:
-        state = self._state
-        plan = turn.machine.plan
-        start = turn.start
-        direct: str | None = None
-        if kind == "tool":
-            subject = subjects.tool_start(plan.session_id)
-            event: ToolStart | ChatStart = ToolStart(
-                plan.session_id,
-                plan.turn_id,
-                user_utterance=start.user_utterance,
-                history_text=start.history_text,
-            )
-        else:
-            subject = subjects.chat_start(plan.session_id)
-            if (actor := self._affine_chat_actor()) is not None:
-                direct = subjects.chat_start_at(plan.session_id, actor)
-            event = ChatStart(
-                plan.session_id,
-                plan.turn_id,
-                user_utterance=start.user_utterance,
-                persona=turn.settings.persona(),
-                history_text=start.history_text,
-                seed=turn.settings.seed,
-            )
-        actions: list[Action] = []
-        if not state.nc.is_connected:
-            actions = turn.machine.fail(
-                errors.BUS_UNAVAILABLE, "the message bus is unavailable; please retry"
-            )
-        else:
-            try:
-                msg = await self._request(
-                    direct, subject, state.codec.encode(event), state.config.edge.start_timeout_s
-                )
-                reply = state.codec.decode_reply(msg.data)
-            except NoRespondersError:
-                actions = turn.machine.fail(
-                    errors.NO_ACTOR_AVAILABLE, f"no {kind} actor is running"
-                )
-            except (NatsTimeoutError, TimeoutError):
-                actions = turn.machine.fail(
-                    errors.NO_ACTOR_AVAILABLE, f"no {kind} actor answered in time"
-                )
-            except (ConnectionClosedError, BusDecodeError) as exc:
-                turn.log.warning("start of %s leg failed: %r", kind, exc)
-                actions = turn.machine.fail(
-                    errors.BUS_UNAVAILABLE, "the message bus is unavailable; please retry"
-                )
-            else:
-                match reply:
-                    case Accepted(actor_id=actor_id):
-                        turn.actors[kind] = actor_id
-                        turn.log.debug("%s leg accepted by %s", kind, actor_id)
-                        if kind == "chat":
-                            await self._remember_chat_actor(plan.session_id, actor_id)
-                    case Rejected(code=code, message=text):
-                        actions = turn.machine.fail(code, text)
-                    case _:
-                        actions = turn.machine.fail(errors.INTERNAL_ERROR, "unexpected reply")
-        if actions:
-            await self._perform(turn, actions)
-
-    async def _request(
-        self, direct: str | None, shared: str, payload: bytes, timeout_s: float
-    ) -> Msg:
-        """Ask the session's own actor when it has one, else (or if it is gone) any."""
-        nc = self._state.nc
-        if direct is not None:
-            try:
-                return await nc.request(direct, payload, timeout=timeout_s)
-            except NoRespondersError:
-                self._log.info("session's chat actor is gone; routing to any")
-        return await nc.request(shared, payload, timeout=timeout_s)
-
-    def _affine_chat_actor(self) -> str | None:
-        """The live chat actor that holds this session's prefixes, if any."""
-        actor = self._settings.chat_actor if self._settings is not None else None
-        if actor is None:
-            return None
-        live = {s.heartbeat.actor_id for s in self._state.registry.live("chat")}
-        return actor if actor in live else None
-
-    async def _remember_chat_actor(self, session_id: str, actor_id: str) -> None:
-        settings = self._settings
-        if settings is None or self._session_id != session_id or not actor_id:
-            return
-        if settings.chat_actor != actor_id:
-            self._settings = msgspec.structs.replace(settings, chat_actor=actor_id)
-            await self._state.sessions.put(session_id, self._settings)
-
-    async def _publish_cancel(self, turn: _Turn, reason: str) -> None:
-        plan = turn.machine.plan
-        payload = self._state.codec.encode(Cancel(plan.session_id, plan.turn_id, reason=reason))
-        try:
-            await self._state.nc.publish(subjects.cancel(plan.session_id), payload)
-        except ConnectionClosedError:
-            turn.log.warning("could not publish cancel: bus closed")
-
-    # --- bus ------------------------------------------------------------------
-
-    async def _subscribe(self, session_id: str) -> None:
-        if self._subscription is not None:
-            await self._unsubscribe()
-        self._session_id = session_id
-        self._settings = None
-        self._subscription = await self._state.nc.subscribe(
-            subjects.session_out(session_id), cb=self._on_bus_message
+    async def _start_leg(self, running: _RunningTurn, kind: ActorKind) -> None:
+        plan = running.turn.machine.plan
+        result = await self._ctx.legs.start(
+            kind,
+            session_id=plan.session_id,
+            turn_id=plan.turn_id,
+            message=running.message,
+            settings=running.settings,
         )
-
-    async def _unsubscribe(self) -> None:
-        subscription, self._subscription = self._subscription, None
-        if subscription is None:
+        if isinstance(result, LegRefused):
+            await self._fail(running, result.code, result.message)
             return
-        try:
-            await subscription.unsubscribe()
-        except (ConnectionClosedError, Exception) as exc:
-            self._log.debug("unsubscribe failed: %r", exc)
+        running.log.debug("%s leg accepted by %s", kind, result.actor_id)
+        actions = running.turn.accepted(kind, result.actor_id, result.instance, time.monotonic())
+        await self._perform(running, actions)
+        self.flush()
+        if kind == "chat":
+            await self._remember_home(plan.session_id, result.actor_id)
 
-    async def _on_bus_message(self, msg: Msg) -> None:
-        try:
-            event = self._state.codec.decode_outbound(msg.data)
-        except BusDecodeError as exc:
-            self._log.warning("dropped malformed bus message on %s: %s", msg.subject, exc)
-            self._state.metrics.bus_drops.inc()
-            return
-        turn = self._turn
-        if turn is None or event.turn_id != turn.turn_id:
+    async def on_bus_event(self, sender: str, event: OutboundEvent) -> None:
+        """One of the session's events, from the dispatcher (``EventSink``)."""
+        running = self._running
+        if running is None or event.turn_id != running.turn.turn_id:
             return  # an event of a finished or cancelled turn: never reaches the client
-        turn.last_event_at = time.monotonic()
-        await self._perform(turn, turn.machine.on_event(event))
+        if actions := running.turn.on_event(sender, event, time.monotonic()):
+            await self._perform(running, actions)
 
-    # --- warm and persona -----------------------------------------------------
+    # --- session, warm and persona --------------------------------------------
+
+    def _join(self, session_id: str, settings: SessionSettings) -> None:
+        """Put the connection on ``session_id``: its events are routed here from now."""
+        view = self._session
+        if view.session_id != session_id:
+            dispatcher = self._ctx.dispatcher
+            if view.session_id is not None:
+                dispatcher.detach(view.session_id, self)
+            dispatcher.attach(session_id, self)
+        view.adopt(session_id, settings)
+
+    async def _remember_home(self, session_id: str, actor_id: str) -> None:
+        if (settings := self._session.with_home(session_id, actor_id)) is not None:
+            await self._ctx.sessions.put(session_id, settings)
 
     async def _warm(self, message: WarmPersonaMessage | WarmHistoryMessage) -> None:
-        state = self._state
-        if not state.config.models.chat:
-            self._error(errors.NO_ACTOR_AVAILABLE, "no chat model is deployed to warm")
+        ctx = self._ctx
+        if not ctx.config.models.chat:
+            self._error(codes.NO_ACTOR_AVAILABLE, "no chat model is deployed to warm")
+            self.flush()
             return
-        session_id = self._session_id or f"warm-{uuid.uuid4().hex}"
-        settings = self._settings or (
-            (await state.sessions.get(session_id)) if self._session_id else None
+        view = self._session
+        session_id = view.session_id or f"warm-{uuid.uuid4().hex}"
+        settings = view.settings
+        if settings is None and view.session_id is not None:
+            settings = await ctx.sessions.get(session_id)
+        event = session.warm_event(
+            message,
+            settings or SessionSettings(),
+            session_id=session_id,
+            warm_id=uuid.uuid4().hex,
+            edge_id=ctx.legs.edge_id,
         )
-        settings = settings or SessionSettings()
-        if isinstance(message, WarmPersonaMessage):
-            settings, _ = _apply_persona(settings, message)
-            event = Warm(
-                session_id, uuid.uuid4().hex, segment="persona", persona=settings.persona()
-            )
+        home = ctx.legs.home(view.settings) if view.session_id is not None else None
+        reply = await ctx.legs.warm(event, home)
+        if isinstance(reply, LegRefused):
+            self._error(reply.code, reply.message)
         else:
-            event = Warm(
-                session_id,
-                uuid.uuid4().hex,
-                segment="history",
-                persona=settings.persona(),
-                history_text=message.history_text,
-            )
-        actor = self._affine_chat_actor() if self._session_id else None
-        try:
-            msg = await self._request(
-                subjects.chat_warm_at(session_id, actor) if actor else None,
-                subjects.chat_warm(session_id),
-                state.codec.encode(event),
-                max(state.config.edge.event_timeout_s, 1.0),
-            )
-            reply = state.codec.decode_reply(msg.data)
-        except NoRespondersError:
-            self._error(errors.NO_ACTOR_AVAILABLE, "no chat actor is running")
-            return
-        except (NatsTimeoutError, TimeoutError):
-            self._error(errors.TURN_TIMEOUT, "the chat actor did not warm in time")
-            return
-        except (ConnectionClosedError, BusDecodeError):
-            self._error(errors.BUS_UNAVAILABLE, "the message bus is unavailable; please retry")
-            return
-        match reply:
-            case Warmed(segment=segment, bytes=size, actor_id=warmed_by):
-                await self._remember_chat_actor(session_id, warmed_by)
-                self._outbox.push(frames.warmed(segment, size))
-            case Rejected(code=code, message=text):
-                self._error(code, text)
-            case _:
-                self._error(errors.INTERNAL_ERROR, "unexpected reply to warm")
+            await self._remember_home(session_id, reply.actor_id)
+            self._out.push(frames.warmed(reply.segment, reply.bytes))
+        self.flush()
 
     async def _set_persona(self, message: SetPersonaMessage) -> None:
-        state = self._state
-        session_id = message.session_id or self._session_id
+        ctx = self._ctx
+        view = self._session
+        session_id = message.session_id or view.session_id
         if session_id is None:
-            self._error(errors.NO_SESSION, "send 'start' (or set_persona with a session_id) first")
+            self._error(codes.NO_SESSION, "send 'start' (or set_persona with a session_id) first")
             return
-        known = self._settings if session_id == self._session_id else None
-        settings = known or await state.sessions.get(session_id)
-        if settings is None:
-            settings = new_session(state.rng, datetime.now())
-        settings, changed = _apply_persona(settings, message)
-        await state.sessions.put(session_id, settings)
-        if self._session_id is None:
-            await self._subscribe(session_id)  # no turn can be running yet
-        if session_id == self._session_id:
-            self._settings = settings
-        # Another session's settings are stored, but this connection stays on its own
-        # session: switching would strand the running turn's events.
-        self._outbox.push(
+        settings = view.cached(session_id) or await ctx.sessions.get(session_id)
+        settings, changed = session.apply_persona(
+            settings or new_session(ctx.rng, datetime.now()), message
+        )
+        await ctx.sessions.put(session_id, settings)
+        if view.session_id is None:
+            self._join(session_id, settings)  # no turn can be running yet
+        else:
+            # Another session's settings are stored, but this connection stays on its
+            # own session: switching would strand the running turn's events.
+            view.update(session_id, settings)
+        self._out.push(
             frames.ack_set_persona(
                 session_id=session_id,
                 changed=changed,
@@ -589,60 +445,32 @@ class ClientConnection:
 
     # --- writing --------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        flush_s = self._state.config.edge.stream_flush_ms / 1000.0
-        encode = self._state.encoder.encode
-        tokens = self._state.metrics.tokens
-        while (frame := await self._outbox.get(flush_s)) is not None:
-            if frame["type"] == "token":
-                tokens.inc()
-            try:
-                await self._ws.send(encode(frame))
-            except ConnectionClosed:
-                return
+    def flush(self) -> None:
+        """Write what the last burst of work produced (``EventSink``)."""
+        self._out.flush()
 
     def _error(self, code: str, message: str) -> None:
         frame = frames.error(code, message)
         self._count(frame, None)
-        self._outbox.push(frame)
+        self._out.push(frame)
 
-    def _count(self, frame: frames.Frame, turn: _Turn | None) -> None:
+    def _first_token(self, running: _RunningTurn) -> None:
+        running.first_token_at = time.monotonic()
+        ttft = running.first_token_at - running.turn.started_at
+        self._ctx.stats.recent_ttft.append(ttft)
+        self._ctx.metrics.ttft.observe(ttft)
+
+    def _count(self, frame: frames.Frame, running: _RunningTurn | None) -> None:
         kind = frame["type"]
         if kind == "error":
-            self._state.metrics.errors.labels(frame["error_code"]).inc()
-        elif kind == "toolcall" and turn is not None:
-            elapsed = time.monotonic() - turn.started_at
-            self._state.recent_toolcall.append(elapsed)
-            self._state.metrics.toolcall.observe(elapsed)
+            self._ctx.metrics.errors.labels(frame["error_code"]).inc()
+        elif kind == "toolcall" and running is not None:
+            elapsed = time.monotonic() - running.turn.started_at
+            self._ctx.stats.recent_toolcall.append(elapsed)
+            self._ctx.metrics.toolcall.observe(elapsed)
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._group is not None
         task = self._group.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _apply_persona(
-    settings: SessionSettings,
-    message: StartMessage | SetPersonaMessage | WarmPersonaMessage,
-) -> tuple[SessionSettings, dict[str, object]]:
-    """Session settings with the message's persona fields applied, and what changed."""
-    changed: dict[str, object] = {}
-    updates: dict[str, object] = {}
-    if message.assistant_gender is not None:
-        updates["assistant_gender"] = normalize_gender(message.assistant_gender)
-    if message.persona_style is not None and message.persona_style.strip():
-        updates["persona_style"] = message.persona_style.strip()
-    if message.user_identity is not None and message.user_identity.strip():
-        updates["user_identity"] = message.user_identity.strip()
-    persona_text = message.persona_text
-    if persona_text is not msgspec.UNSET:
-        updates["persona_text"] = persona_text or None
-    for key, value in updates.items():
-        if getattr(settings, key) != value:
-            changed[key if key != "persona_text" else "persona_text_override"] = (
-                value if key != "persona_text" else value is not None
-            )
-    if not updates:
-        return settings, changed
-    return msgspec.structs.replace(settings, **updates), changed

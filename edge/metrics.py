@@ -1,12 +1,16 @@
-"""The edge's Prometheus metrics, in a registry of its own (no global state)."""
+"""The edge's Prometheus metrics, in a registry of its own (no global state), and the
+turn figures it reports in ``/status`` and its stats on the bus."""
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["EdgeMetrics"]
+__all__ = ["EdgeMetrics", "TurnStats"]
 
 # Voice latencies live between a few ms and a few s.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -41,3 +45,12 @@ class EdgeMetrics:
         self.bus_drops = Counter(
             "yap_edge_bus_dropped", "Bus messages dropped as malformed", registry=r
         )
+
+
+@dataclass
+class TurnStats:
+    """Turn outcomes since start and the latest latencies (seconds), for /status and stats."""
+
+    outcomes: Tally[str] = field(default_factory=Tally)
+    recent_ttft: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    recent_toolcall: deque[float] = field(default_factory=lambda: deque(maxlen=256))

@@ -1,13 +1,13 @@
-"""Frames waiting to be written to one client, with token deltas merged.
+"""Frames waiting to be written to one client, with token deltas merged; no I/O.
 
 When the client reads slower than the actors write, consecutive token deltas are
 merged into one frame instead of queueing: the backlog is bounded by the number of
-non-token frames of a turn, a handful.
+non-token frames of a turn, a handful. The connection decides when to write
+(``take``); the outbox only keeps order and merges.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 
 from edge import frames
@@ -18,15 +18,12 @@ __all__ = ["Outbox"]
 class Outbox:
     def __init__(self) -> None:
         self._items: deque[frames.Frame | list[str]] = deque()
-        self._ready = asyncio.Event()
-        self._closed = False
 
     def __len__(self) -> int:
         return len(self._items)
 
     def push(self, frame: frames.Frame) -> None:
         self._items.append(frame)
-        self._ready.set()
 
     def push_token(self, text: str) -> None:
         if not text:
@@ -36,26 +33,14 @@ class Outbox:
             tail.append(text)
         else:
             self._items.append([text])
-        self._ready.set()
 
-    def close(self) -> None:
-        self._closed = True
-        self._ready.set()
+    def head_is_token(self) -> bool:
+        return bool(self._items) and isinstance(self._items[0], list)
 
-    async def get(self, flush_delay_s: float = 0.0) -> frames.Frame | None:
-        """The next frame to send, or None once closed and empty.
-
-        ``flush_delay_s`` (the seed's ``STREAM_FLUSH_MS``) lets a token frame wait that
-        long for more deltas to merge, trading latency for fewer packets.
-        """
-        while not self._items:
-            if self._closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        if flush_delay_s > 0 and isinstance(self._items[0], list):
-            await asyncio.sleep(flush_delay_s)
-        item = self._items.popleft()
-        if isinstance(item, list):
-            return frames.token("".join(item))
-        return item
+    def take(self) -> list[frames.Frame]:
+        """Every frame waiting, in order; a run of deltas is one token frame."""
+        taken = [
+            frames.token("".join(item)) if isinstance(item, list) else item for item in self._items
+        ]
+        self._items.clear()
+        return taken

@@ -25,11 +25,19 @@ class ActorRegistry:
         self._actors: dict[str, ActorStatus] = {}
         self.heard = asyncio.Event()  # set on every heartbeat; waiters clear it
 
-    def observe(self, heartbeat: Heartbeat, now: float | None = None) -> None:
+    def observe(self, heartbeat: Heartbeat, now: float | None = None) -> bool:
+        """Record a heartbeat; True when it comes from a new instance of a known actor
+        (the actor restarted: what the old instance held is gone)."""
+        previous = self._actors.get(heartbeat.actor_id)
         self._actors[heartbeat.actor_id] = ActorStatus(
             heartbeat, time.monotonic() if now is None else now
         )
         self.heard.set()
+        return (
+            previous is not None
+            and bool(previous.heartbeat.instance)
+            and previous.heartbeat.instance != heartbeat.instance
+        )
 
     def is_alive(self, actor_id: str, now: float | None = None) -> bool:
         status = self._actors.get(actor_id)

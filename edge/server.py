@@ -1,8 +1,14 @@
 """The edge's I/O shell: HTTP routes, the WebSocket handshake gate, shutdown.
 
-``EdgeServer`` is an async context manager: entering connects to the bus, follows
-actor heartbeats and starts listening; leaving stops accepting, lets running turns
-finish for a bounded time, closes clients with 1001 and drains the bus connection.
+``EdgeServer`` is an async context manager: entering connects to the bus (with this
+edge's own inbox prefix), subscribes once to its sessions' events, follows actor
+heartbeats and starts listening (with ``SO_REUSEPORT`` when ``edge.processes`` edges
+share the port); leaving stops accepting, lets running turns finish for a bounded
+time, closes clients with 1001 and drains the bus connection.
+
+The server owns what is the edge's as a whole: its connections, the capacity it
+shares with the other edges of the host (``edge.capacity``), whether it is shutting
+down, and one ticker that checks every running turn's deadlines and actors.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import http
 import itertools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Collection
 from types import TracebackType
@@ -24,47 +31,77 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from bus import subjects
+from bus import codes, subjects
 from bus.codec import BusDecodeError, Codec
 from bus.connect import connect
 from bus.events import EdgeStats
+from bus.permissions import SESSIONS_KV
 from bus.stats import percentile
 from configs.schema import Config
-from edge import errors, frames
-from edge.auth import AuthThrottle, is_authorized
+from edge import frames
+from edge.auth import AuthThrottle, client_address, is_authorized, parse_networks
+from edge.capacity import ConnectionSlots, open_slots
 from edge.connection import ClientConnection
+from edge.context import EdgeContext
+from edge.dispatch import EventDispatcher
 from edge.frames import FrameEncoder
-from edge.metrics import EdgeMetrics
+from edge.legs import LegClient
+from edge.metrics import EdgeMetrics, TurnStats
 from edge.protocol import ClientProtocol, ProtocolLimits
 from edge.registry import ActorRegistry
 from edge.sessions import KvSessionStore, MemorySessionStore, SessionStore
-from edge.state import EdgeState
 
 __all__ = ["WS_PATH", "EdgeServer"]
 
 WS_PATH = "/ws"
 STATS_INTERVAL_S = 1.0
-SESSIONS_BUCKET = "yap_sessions"
+SESSIONS_BUCKET = SESSIONS_KV
+TICK_S = 0.1  # how often running turns' deadlines and actors are checked
 
 
 class EdgeServer:
-    def __init__(self, config: Config, log: logging.Logger) -> None:
+    """One edge process.
+
+    Args:
+        config: the deployment.
+        log: where the edge logs.
+        edge_id: this edge's id on the bus (its subjects, inbox and bus user);
+            default a random ``edge-<hex>``.
+    """
+
+    def __init__(self, config: Config, log: logging.Logger, *, edge_id: str | None = None) -> None:
         self._config = config
         self._log = log
-        self._state: EdgeState | None = None
+        self.edge_id = subjects.validate_id(edge_id or f"edge-{uuid.uuid4().hex[:10]}")
+        self.connections: set[ClientConnection] = set()
+        self.registry = ActorRegistry(lost_after_s=config.edge.actor_lost_after_s)
+        self.stats = TurnStats()
+        self._context: EdgeContext | None = None
+        self._nc: NatsClient | None = None
+        self._slots: ConnectionSlots | None = None
         self._server: Server | None = None
+        self._shutting_down = False
         self._conn_ids = itertools.count(1)
-        self.edge_id = f"edge-{uuid.uuid4().hex[:10]}"
-        self._stats_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._trusted = parse_networks(config.edge.trusted_proxies)
         self._throttle = AuthThrottle(
             max_failures=config.edge.auth_max_failures,
             window_s=config.edge.auth_failure_window_s,
         )
 
     @property
-    def state(self) -> EdgeState:
-        assert self._state is not None, "EdgeServer is not running"
-        return self._state
+    def context(self) -> EdgeContext:
+        assert self._context is not None, "EdgeServer is not running"
+        return self._context
+
+    @property
+    def sessions(self) -> SessionStore:
+        return self.context.sessions
+
+    @property
+    def nc(self) -> NatsClient:
+        assert self._nc is not None, "EdgeServer is not running"
+        return self._nc
 
     @property
     def port(self) -> int:
@@ -74,14 +111,22 @@ class EdgeServer:
     async def __aenter__(self) -> EdgeServer:
         config = self._config
         edge = config.edge
-        registry = ActorRegistry(lost_after_s=edge.actor_lost_after_s)
-        nc = await connect(
-            config.bus, name="yap-edge", log=self._log, on_disconnect=self._on_bus_lost
+        nc = self._nc = await connect(
+            config.bus,
+            name=f"yap-{self.edge_id}",
+            log=self._log,
+            on_disconnect=self._on_bus_lost,
+            inbox_prefix=subjects.inbox_prefix(self.edge_id),
         )
-        self._state = EdgeState(
+        codec = Codec()
+        registry = self.registry
+        metrics = EdgeMetrics(
+            connections=lambda: len(self.connections),
+            actors_alive=lambda kind: len(registry.live(kind)),  # type: ignore[arg-type]
+        )
+        dispatcher = EventDispatcher(codec, metrics, self._log)
+        self._context = EdgeContext(
             config=config,
-            nc=nc,
-            codec=Codec(),
             encoder=FrameEncoder(),
             protocol=ClientProtocol(
                 ProtocolLimits(
@@ -91,15 +136,25 @@ class EdgeServer:
                 )
             ),
             sessions=await self._session_store(nc),
-            registry=registry,
-            metrics=EdgeMetrics(
-                connections=lambda: len(self.state.connections),
-                actors_alive=lambda kind: len(registry.live(kind)),  # type: ignore[arg-type]
+            legs=LegClient(
+                nc,
+                codec,
+                registry,
+                edge_id=self.edge_id,
+                start_timeout_s=edge.start_timeout_s,
+                warm_timeout_s=max(edge.event_timeout_s, 1.0),
+                log=self._log,
             ),
+            dispatcher=dispatcher,
+            metrics=metrics,
+            stats=self.stats,
         )
+        self._codec = codec
+        self._slots = open_slots(
+            config.max_connections, processes=edge.processes, path=edge.slots_path
+        )
+        await dispatcher.subscribe(nc, self.edge_id)
         await nc.subscribe(subjects.ALL_HEARTBEATS, cb=self._on_heartbeat)
-        # Owned: cancelled and awaited in __aexit__.
-        self._stats_task = asyncio.create_task(self._publish_stats())
         self._server = await serve(
             self._handle,
             edge.host,
@@ -111,14 +166,24 @@ class EdgeServer:
             # Token frames are a few bytes: deflate costs ~25% of the edge's CPU per
             # token (bench.overhead, py-spy) and saves next to nothing.
             compression=None,
+            # N edge processes on one port: the kernel spreads connections over them.
+            reuse_port=edge.processes > 1,
         )
+        # Owned: cancelled and awaited in __aexit__. Started once listening, so an
+        # edge's first stats on the bus also say that it takes connections.
+        self._background = [
+            asyncio.create_task(self._publish_stats()),
+            asyncio.create_task(self._watch_turns()),
+        ]
         self._log.info(
-            "edge ready on ws://%s:%d%s (deploy=%s, max connections %d)",
+            "edge %s ready on ws://%s:%d%s (deploy=%s, max connections %d%s)",
+            self.edge_id,
             edge.host,
             self.port,
             WS_PATH,
             config.models.deploy,
             config.max_connections,
+            f" across {edge.processes} edge processes" if edge.processes > 1 else "",
         )
         return self
 
@@ -128,23 +193,24 @@ class EdgeServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        state, server = self._state, self._server
-        if state is None or server is None:
+        nc, server = self._nc, self._server
+        if nc is None or server is None:
             return
-        state.shutting_down = True
-        if self._stats_task is not None:
-            self._stats_task.cancel()
+        self._shutting_down = True
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._stats_task
+                await task
         timeout_s = self._config.edge.shutdown_timeout_s
         self._log.info(
             "edge stopping: %d connection(s), waiting up to %.0f s for turns",
-            len(state.connections),
+            len(self.connections),
             timeout_s,
         )
         server.close(close_connections=False)
         async with asyncio.TaskGroup() as group:
-            for connection in list(state.connections):
+            for connection in list(self.connections):
                 group.create_task(connection.shutdown(timeout_s))
         try:
             async with asyncio.timeout(timeout_s):
@@ -152,62 +218,78 @@ class EdgeServer:
         except TimeoutError:
             self._log.warning("connections still open after %.0f s; dropping them", timeout_s)
         try:
-            await state.nc.drain()
+            await nc.drain()
         except Exception as exc:
             self._log.warning("bus drain failed: %r", exc)
+        if self._slots is not None:
+            self._slots.close()
         self._log.info("edge stopped")
+
+    def capacity(self) -> dict[str, int | bool]:
+        """Connections against the limit, for the whole host (every edge sharing it)."""
+        assert self._slots is not None
+        active = self._slots.active()
+        limit = self._slots.limit
+        return {
+            "active": active,
+            "max": limit,
+            "available": max(0, limit - active),
+            "at_capacity": active >= limit,
+        }
+
+    def healthy(self) -> bool:
+        if self._nc is None or not self._nc.is_connected or self._shutting_down:
+            return False
+        models = self._config.models
+        return (not models.tool or bool(self.registry.live("tool"))) and (
+            not models.chat or bool(self.registry.live("chat"))
+        )
 
     # --- HTTP -----------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        state = self.state
         if path == "/healthz":
-            healthy = state.healthy()
+            healthy = self.healthy()
             return _json(
                 connection,
                 http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE,
                 {"status": "ok" if healthy else "unavailable"},
             )
-        address = _peer_host(connection)
-        if path in ("/status", "/metrics", WS_PATH) and self._throttle.blocked(address):
-            return _json(
-                connection,
-                http.HTTPStatus.TOO_MANY_REQUESTS,
-                frames.error(errors.RATE_LIMITED, "too many failed keys; try again later"),
-            )
-        if path == "/status":
-            if not is_authorized(request.path, request.headers, self._config.edge.api_key):
-                self._throttle.record_failure(address)
+        if path not in ("/status", "/metrics", WS_PATH):
+            return _json(connection, http.HTTPStatus.NOT_FOUND, {"error": "not found"})
+        if not is_authorized(request.path, request.headers, self._config.edge.api_key):
+            # The throttle judges wrong keys only: the right key is never refused.
+            address = client_address(_peer_host(connection), request.headers, self._trusted)
+            if self._throttle.blocked(address):
+                return _json(
+                    connection,
+                    http.HTTPStatus.TOO_MANY_REQUESTS,
+                    frames.error(codes.RATE_LIMITED, "too many failed keys; try again later"),
+                )
+            self._throttle.record_failure(address)
+            if path != WS_PATH:
                 return _json(
                     connection,
                     http.HTTPStatus.UNAUTHORIZED,
-                    frames.error(errors.AUTHENTICATION_FAILED, _AUTH_MESSAGE),
+                    frames.error(codes.AUTHENTICATION_FAILED, _AUTH_MESSAGE),
                 )
+            return None  # the handshake goes on; _handle answers the seed's error frame
+        if path == "/status":
             return _json(connection, http.HTTPStatus.OK, self._status())
         if path == "/metrics":
-            if not is_authorized(request.path, request.headers, self._config.edge.api_key):
-                self._throttle.record_failure(address)
-                return _json(
-                    connection,
-                    http.HTTPStatus.UNAUTHORIZED,
-                    frames.error(errors.AUTHENTICATION_FAILED, _AUTH_MESSAGE),
-                )
             response = connection.respond(
-                http.HTTPStatus.OK, generate_latest(state.metrics.registry).decode()
+                http.HTTPStatus.OK, generate_latest(self.context.metrics.registry).decode()
             )
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = CONTENT_TYPE_LATEST
             return response
-        if path != WS_PATH:
-            return _json(connection, http.HTTPStatus.NOT_FOUND, {"error": "not found"})
         return None  # go on with the WebSocket handshake
 
     def _status(self) -> dict[str, object]:
-        state = self.state
         config = self._config
         actors: dict[str, list[dict[str, object]]] = {"tool": [], "chat": []}
-        for status in state.registry.snapshot():
+        for status in self.registry.snapshot():
             beat = status.heartbeat
             actors[beat.kind].append(
                 {
@@ -215,46 +297,48 @@ class EdgeServer:
                     "ready": beat.ready,
                     "running": beat.running,
                     "draining": beat.draining,
-                    "alive": state.registry.is_alive(beat.actor_id),
+                    "alive": self.registry.is_alive(beat.actor_id),
                 }
             )
         return {
             "status": "running",
-            "healthy": state.healthy(),
-            "connections": state.capacity(),
+            "healthy": self.healthy(),
+            "edge_id": self.edge_id,
+            "connections": self.capacity(),
             "deploy_models": config.models.deploy,
             "concurrent_model_call": config.models.concurrent_model_call,
             "models": {
                 "chat": config.chat.model if config.models.chat else None,
                 "tool": config.tool.model if config.models.tool else None,
             },
-            "bus": {"connected": state.nc.is_connected},
+            "bus": {"connected": self.nc.is_connected},
             "actors": actors,
-            "turns": dict(state.outcomes),
+            "turns": dict(self.stats.outcomes),
         }
 
     # --- WebSocket ------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        state = self.state
         conn_id = f"c{next(self._conn_ids)}-{uuid.uuid4().hex[:6]}"
         log = logging.LoggerAdapter(self._log, {"conn_id": conn_id})
-        encode = state.encoder.encode
+        encode = self.context.encoder.encode
         request = ws.request
-        assert request is not None
+        assert request is not None and self._slots is not None
         if not is_authorized(request.path, request.headers, self._config.edge.api_key):
-            self._throttle.record_failure(_peer_host(ws))
-            log.info("rejected: authentication failed")
-            await ws.send(encode(frames.error(errors.AUTHENTICATION_FAILED, _AUTH_MESSAGE)))
+            log.info("rejected: authentication failed")  # counted in _process_request
+            await ws.send(encode(frames.error(codes.AUTHENTICATION_FAILED, _AUTH_MESSAGE)))
             await ws.close(1008, "authentication failed")
             return
-        if state.at_capacity or state.shutting_down:
-            capacity = state.capacity()
+        slot = None if self._shutting_down else self._slots.acquire()
+        if slot is None:
+            capacity = self.capacity()
+            if self._shutting_down:  # as full as it will get: say so, as the seed does
+                capacity = {**capacity, "available": 0, "at_capacity": True}
             log.info("rejected: at capacity (%d/%d)", capacity["active"], capacity["max"])
             await ws.send(
                 encode(
                     frames.error(
-                        errors.SERVER_AT_CAPACITY,
+                        codes.SERVER_AT_CAPACITY,
                         f"Server is at capacity. Active connections: {capacity['active']}/"
                         f"{capacity['max']}. Please try again later.",
                         capacity=capacity,
@@ -263,17 +347,20 @@ class EdgeServer:
             )
             await ws.close(1013, "server at capacity")
             return
-        connection = ClientConnection(state, ws, log)
-        state.connections.add(connection)
-        log.info("connected from %s (%d active)", _peer(ws), len(state.connections))
+        connection = ClientConnection(self.context, ws, log)
+        self.connections.add(connection)
+        log.info("connected from %s (%d here)", _peer(ws), len(self.connections))
         try:
             await connection.serve()
         except* Exception as group:
             log.error("connection failed", exc_info=group)
             await ws.close(1011, "internal error")
         finally:
-            state.connections.discard(connection)
-            log.info("disconnected (%d active)", len(state.connections))
+            self.connections.discard(connection)
+            slot.release()
+            log.info("disconnected (%d here)", len(self.connections))
+
+    # --- bus ------------------------------------------------------------------
 
     async def _session_store(self, nc: NatsClient) -> SessionStore:
         edge = self._config.edge
@@ -295,40 +382,58 @@ class EdgeServer:
         return KvSessionStore(kv, local, self._log)
 
     async def _publish_stats(self) -> None:
-        state = self.state
+        stats = self.stats
         subject = subjects.edge_stats(self.edge_id)
         while True:
-            stats = EdgeStats(
+            report = EdgeStats(
                 edge_id=self.edge_id,
                 interval_s=STATS_INTERVAL_S,
-                connections=len(state.connections),
+                connections=len(self.connections),
                 max_connections=self._config.max_connections,
-                running_turns=sum(1 for c in state.connections if c.turn_running),
-                turns=dict(state.outcomes),
-                ttft_p50_ms=_percentile_ms(state.recent_ttft, 50),
-                ttft_p95_ms=_percentile_ms(state.recent_ttft, 95),
-                toolcall_p50_ms=_percentile_ms(state.recent_toolcall, 50),
+                running_turns=sum(1 for c in self.connections if c.turn_running),
+                turns=dict(stats.outcomes),
+                ttft_p50_ms=_percentile_ms(stats.recent_ttft, 50),
+                ttft_p95_ms=_percentile_ms(stats.recent_ttft, 95),
+                toolcall_p50_ms=_percentile_ms(stats.recent_toolcall, 50),
             )
             try:
-                await state.nc.publish(subject, state.codec.encode(stats))
+                await self.nc.publish(subject, self._codec.encode(report))
             except Exception as exc:  # stats are best effort
                 self._log.debug("stats not sent: %r", exc)
             await asyncio.sleep(STATS_INTERVAL_S)
 
+    async def _watch_turns(self) -> None:
+        """One ticker for every running turn's deadlines and actors, not one per turn."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            await self._check_turns(time.monotonic())
+
+    async def _check_turns(self, now: float) -> None:
+        # A function of its own so that no loop variable keeps a closed connection
+        # alive while the ticker sleeps.
+        for connection in list(self.connections):
+            if connection.turn_running:
+                await connection.check(now, self.registry.is_alive)
+
     async def _on_bus_lost(self) -> None:
         """Turns in flight cannot finish without the bus: end them now, not at a timeout."""
-        if self._state is None:
-            return
-        for connection in list(self._state.connections):
+        for connection in list(self.connections):
             await connection.bus_lost()
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
-            heartbeat = self.state.codec.decode_heartbeat(msg.data)
+            heartbeat = self._codec.decode_heartbeat(msg.data)
         except BusDecodeError as exc:
             self._log.warning("dropped malformed heartbeat: %s", exc)
             return
-        self.state.registry.observe(heartbeat)
+        if self.registry.observe(heartbeat):
+            # The actor restarted: the legs its old instance accepted are gone now,
+            # not when its silence would have been noticed.
+            self._log.warning(
+                "actor %s restarted (instance %s)", heartbeat.actor_id, heartbeat.instance
+            )
+            for connection in list(self.connections):
+                await connection.actor_restarted(heartbeat.actor_id, heartbeat.instance)
 
 
 _AUTH_MESSAGE = (

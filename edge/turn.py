@@ -1,18 +1,27 @@
-"""One turn's state machine, without I/O.
+"""One turn, without I/O.
 
 A turn has up to two legs: the tool leg (Hammer decision) and the chat leg (the
-reply). The machine takes bus events and returns actions for the connection to
+reply). ``TurnMachine`` takes bus events and returns actions for the connection to
 carry out. It holds the ordering promises of the protocol: the toolcall frame
 precedes the first token, events of other turns or repeated sequence numbers are
-dropped, and every turn ends in exactly one ``done`` frame, whatever happened.
+dropped, a sequence number that jumps ahead is a fault of its leg (an event was
+lost, so the text would be wrong), and every turn ends in exactly one ``done``
+frame, whatever happened.
+
+``Turn`` wraps the machine with what the bus adds: which actor accepted each leg
+(only that actor's events reach the machine; events that arrive before the
+acceptance is known are held, bounded, and replayed), the turn's deadlines, and
+what an actor's loss or restart does to it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+from bus import codes
 from bus.events import ActorKind, Done, Error, OutboundEvent, Token, ToolCall
 from edge import frames
 
@@ -22,12 +31,18 @@ __all__ = [
     "SendFrame",
     "SendToken",
     "StartLeg",
+    "Turn",
     "TurnMachine",
     "TurnOutcome",
     "TurnPlan",
+    "leg_of",
 ]
 
 TurnOutcome = Literal["running", "completed", "cancelled", "failed"]
+# Events held per leg until its acceptance is known: a start's reply and the leg's
+# first events travel on different subscriptions, so a few can arrive first. One
+# more is dropped, and the seq gap it leaves fails the leg.
+HELD_PER_LEG: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +130,16 @@ class TurnMachine:
                 return []
         if event.seq <= leg.last_seq or leg.done:
             return []  # a replay or a straggler after the leg ended
+        if event.seq != leg.last_seq + 1:
+            kind = "chat" if isinstance(event, Token) else "tool"
+            if isinstance(event, Done | Error):
+                kind = event.kind
+            # The leg is still running: fail() cancels it with the rest.
+            return self.fail(
+                codes.ACTOR_ERROR,
+                f"the {kind} actor's stream skipped from event {leg.last_seq} to {event.seq}; "
+                "part of the reply was lost, please retry",
+            )
         leg.last_seq = event.seq
         match event:
             case Token(text=text):
@@ -187,11 +212,11 @@ class TurnMachine:
         }
         if event.reason in ("cancelled", "error"):
             return self.fail(
-                "actor_error", f"the {event.kind} actor ended the turn ({event.reason})"
+                codes.ACTOR_ERROR, f"the {event.kind} actor ended the turn ({event.reason})"
             )
         if event.kind == "tool":
             if not self._decided:
-                return self.fail("actor_error", "the tool actor ended without a decision")
+                return self.fail(codes.ACTOR_ERROR, "the tool actor ended without a decision")
             return []
         if self._decided:
             return self._complete()
@@ -211,6 +236,132 @@ class TurnMachine:
             usage["tool_prompt_tokens"] = tool["prompt_tokens"]
             usage["tool_completion_tokens"] = tool["completion_tokens"]
         return usage
+
+
+def leg_of(event: OutboundEvent) -> ActorKind | None:
+    """The leg an outbound event belongs to; None for events that belong to none."""
+    match event:
+        case Token():
+            return "chat"
+        case ToolCall():
+            return "tool"
+        case Done() | Error():
+            return event.kind
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    actor_id: str
+    instance: str
+
+
+class Turn:
+    """A running turn: its machine, the actor that owns each leg, its deadlines.
+
+    Times are the caller's clock (``time.monotonic()``), passed in, so the turn is
+    tested without sleeping.
+    """
+
+    def __init__(
+        self,
+        plan: TurnPlan,
+        *,
+        now: float,
+        event_timeout_s: float,
+        turn_timeout_s: float,
+    ) -> None:
+        self.machine = TurnMachine(plan)
+        self.started_at = now
+        self.last_event_at = now
+        self._event_timeout_s = event_timeout_s
+        self._turn_timeout_s = turn_timeout_s
+        self._owners: dict[ActorKind, _Owner] = {}
+        self._held: dict[ActorKind, list[tuple[str, OutboundEvent]]] = {}
+
+    @property
+    def turn_id(self) -> str:
+        return self.machine.plan.turn_id
+
+    @property
+    def finished(self) -> bool:
+        return self.machine.finished
+
+    def owner(self, kind: ActorKind) -> str | None:
+        owner = self._owners.get(kind)
+        return owner.actor_id if owner is not None else None
+
+    def begin(self) -> list[Action]:
+        return self.machine.begin()
+
+    def accepted(self, kind: ActorKind, actor_id: str, instance: str, now: float) -> list[Action]:
+        """``actor_id`` took the leg: replay what it sent before we knew, drop the rest."""
+        if self.finished or kind in self._owners:
+            return []
+        self._owners[kind] = _Owner(actor_id, instance)
+        self.last_event_at = now
+        actions: list[Action] = []
+        for sender, event in self._held.pop(kind, ()):
+            if sender == actor_id:
+                actions += self.machine.on_event(event)
+        return actions
+
+    def on_event(self, sender: str, event: OutboundEvent, now: float) -> list[Action]:
+        """One bus event, sent by actor ``sender`` (from the subject, which the
+        sender's bus permission vouches for)."""
+        if event.turn_id != self.turn_id or self.finished:
+            return []
+        kind = leg_of(event)
+        if kind is None:
+            return []
+        owner = self._owners.get(kind)
+        if owner is None:
+            if kind in self.machine.running_legs():
+                held = self._held.setdefault(kind, [])
+                if len(held) < HELD_PER_LEG:
+                    held.append((sender, event))
+            return []
+        if sender != owner.actor_id:
+            return []  # not the actor that accepted this leg
+        self.last_event_at = now
+        return self.machine.on_event(event)
+
+    def restarted(self, actor_id: str, instance: str) -> list[Action]:
+        """``actor_id`` now runs as ``instance``: a leg the old instance held is gone."""
+        for kind in self.machine.running_legs():
+            owner = self._owners.get(kind)
+            if (
+                owner is not None
+                and owner.actor_id == actor_id
+                and owner.instance
+                and instance
+                and owner.instance != instance
+            ):
+                return self.machine.fail(
+                    codes.ACTOR_LOST, f"the {kind} actor restarted; please retry"
+                )
+        return []
+
+    def expire(self, now: float, is_alive: Callable[[str], bool]) -> list[Action]:
+        """The turn's deadlines and its actors' liveness, checked at ``now``."""
+        if self.finished:
+            return []
+        running = self.machine.running_legs()
+        for kind in running:
+            owner = self._owners.get(kind)
+            if owner is not None and not is_alive(owner.actor_id):
+                return self.machine.fail(
+                    codes.ACTOR_LOST, f"the {kind} actor stopped responding; please retry"
+                )
+        if now - self.started_at > self._turn_timeout_s:
+            return self.machine.fail(
+                codes.TURN_TIMEOUT, f"the turn took longer than {self._turn_timeout_s:.0f} s"
+            )
+        if running and now - self.last_event_at > self._event_timeout_s:
+            return self.machine.fail(
+                codes.TURN_TIMEOUT, f"no reply from the actors for {self._event_timeout_s:.0f} s"
+            )
+        return []
 
 
 def _raw_field(event: ToolCall) -> Any:

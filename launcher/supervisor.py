@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.codec import BusDecodeError, Codec
-from bus.permissions import authorization_config, new_passwords
+from bus.permissions import OBSERVER, authorization_config, deployment_roles, new_passwords
 from bus.subjects import ALL_HEARTBEATS
 from configs.schema import Config
 from launcher.errors import LauncherError, ServiceExited, StartupTimeout
@@ -160,21 +160,29 @@ class Supervisor:
         env.setdefault("PYTHONUNBUFFERED", "1")
         bus_url = config.bus.url
         self._bus_url = bus_url
-        role_env: dict[str, dict[str, str]] = {"edge": {}, "actor": {}}
+        # Each process has its own id (its subjects, its bus user): one edge and one
+        # actor of each kind, named as the replica slots will be (issue 13).
+        kinds: list[ActorKind] = [k for k in ("tool", "chat") if getattr(config.models, k)]
+        ids = {"edge": "edge-0", **{kind: f"{kind}-0" for kind in kinds}}
+        role_env = {
+            name: {"YAP_EDGE_ID" if name == "edge" else "YAP_ACTOR_ID": identity}
+            for name, identity in ids.items()
+        }
         if options.start_nats:
-            # A locked-down bus: each process kind gets its own user and subjects,
-            # with passwords made for this run only.
-            passwords = new_passwords()
-            role_env = {
-                role: {"YAP_BUS_USER": role, "YAP_BUS_PASSWORD": passwords[role]}
-                for role in ("edge", "actor")
-            }
-            self._observer = (passwords["observer"], "observer")
+            # A locked-down bus: each process gets its own user and subjects, built
+            # from its id, with passwords made for this run only.
+            roles = deployment_roles([ids["edge"]], [ids[kind] for kind in kinds])
+            passwords = new_passwords(roles)
+            for name, identity in ids.items():
+                role_env[name].update(
+                    {"YAP_BUS_USER": identity, "YAP_BUS_PASSWORD": passwords[identity]}
+                )
+            self._observer = (passwords[OBSERVER], OBSERVER)
             server = NatsServer.from_config(
                 config.nats_server,
                 ready_timeout_s=options.nats_ready_timeout_s,
                 stop_timeout_s=options.stop_timeout_s,
-                extra_config=authorization_config(passwords),
+                extra_config=authorization_config(roles, passwords),
             )
             self._log.info("starting nats-server on port %d", server.port)
             await self._until(
@@ -186,11 +194,10 @@ class Supervisor:
             env["YAP_NATS_URL"] = bus_url
 
         # One at a time, tool first; see the module docstring for why not together.
-        kinds: list[ActorKind] = [k for k in ("tool", "chat") if getattr(config.models, k)]
         async with _ReadyHeartbeats(bus_url, config, self._observer) as heartbeats:
             for kind in kinds:
                 child = self._child(
-                    f"{kind} actor", [options.actors_module, kind], {**env, **role_env["actor"]}
+                    f"{kind} actor", [options.actors_module, kind], {**env, **role_env[kind]}
                 )
                 await self._start_child(
                     services,

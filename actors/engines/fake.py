@@ -106,7 +106,8 @@ class FakeEngine:
                     completion_tokens=count,
                 )
         except asyncio.CancelledError:
-            self.aborted.append(request_id)
+            if not aborted.is_set():  # an abort() before the cancellation counted already
+                self.aborted.append(request_id)
             raise
         finally:
             self._requests.release(request_id, aborted)

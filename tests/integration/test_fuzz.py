@@ -24,32 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
 
+from bus.codes import ALL_CODES
 from bus.persona import GENDER_ALIASES, PERSONA_STYLES, USER_IDENTITIES
 from configs.schema import Config
 from tests.support.stack import make_config, read_turn, recv_json, run_stack, start_message
 
-# The README's error table: clients switch on these, so nothing else may appear.
-KNOWN_CODES = frozenset(
-    {
-        "authentication_failed",
-        "server_at_capacity",
-        "invalid_json",
-        "invalid_message",
-        "unknown_message_type",
-        "missing_field",
-        "invalid_field",
-        "invalid_session_id",
-        "field_too_long",
-        "no_session",
-        "rate_limited",
-        "no_actor_available",
-        "actor_lost",
-        "actor_error",
-        "turn_timeout",
-        "bus_unavailable",
-        "server_shutting_down",
-    }
-)
+# The one set of codes (the README's error table lists it): nothing else may appear.
+KNOWN_CODES = ALL_CODES
 UTTERANCE_LIMIT = 300
 HISTORY_LIMIT = 600
 PERSONA_LIMIT = 400
@@ -660,3 +641,19 @@ async def test_set_persona_for_another_session_mid_turn_keeps_the_turn(nats_serv
             frames.append(await recv_json(ws, within=3.0))  # the long turn takes ~1 s
         await stack.wait_idle()
     assert "error_code" not in frames[-1]
+
+
+@pytest.mark.parametrize("data", [b"\xff", b'{"type":"ping","x":"\xc3\x28"}', b"\xed\xa0\x80"])
+async def test_invalid_utf8_text_frame_closes_1007(nats_server, data: bytes) -> None:
+    """A text frame that is not UTF-8 closes the connection with 1007 (RFC 6455), with no
+    error frame before it; the edge goes on serving other connections."""
+    from websockets.exceptions import ConnectionClosed
+
+    async with run_stack(_fuzz_config(nats_server.url)) as stack:
+        async with stack.client() as ws:
+            await ws.send(data, text=True)
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv_json(ws)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+        async with stack.client() as fresh:
+            await _valid_turn(fresh, "t00001")

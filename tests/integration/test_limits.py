@@ -19,7 +19,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bus import subjects
 from bus.codec import Codec
-from bus.events import Cancel, ChatStart, Done, Persona, Rejected, Token, ToolStart, request_id
+from bus.events import (
+    Cancel,
+    ChatStart,
+    Done,
+    Heartbeat,
+    Persona,
+    Rejected,
+    Token,
+    ToolStart,
+    request_id,
+)
 from edge import ratelimit
 from tests.support.stack import make_config, read_turn, recv_json, run_stack, start_message
 
@@ -176,7 +186,7 @@ async def test_end_without_turn(nats_server) -> None:
         await ws.send(END)
         assert await recv_json(ws) == {"type": "done", "usage": {}}
         assert await _closed_with(ws) == 1000
-        await _eventually(lambda: not stack.edge.state.connections)
+        await _eventually(lambda: not stack.edge.connections)
 
 
 async def test_end_with_running_turn(nats_server) -> None:
@@ -205,7 +215,7 @@ async def test_disconnect_mid_turn_aborts_engine(nats_server) -> None:
         await stack.wait_idle()
         assert stack.running_requests() == 0
         assert stack.engines("chat")[0].aborted == [request_id("chat", "s1", ack["turn_id"])]
-        await _eventually(lambda: not stack.edge.state.connections)
+        await _eventually(lambda: not stack.edge.connections)
 
 
 async def test_max_concurrent_connections(nats_server) -> None:
@@ -414,16 +424,18 @@ async def test_garbage_on_out_subject_mid_turn(
     codec = Codec()
     async with run_stack(config) as stack, stack.client() as ws:
         await ws.send(start_message("s1", "mine [[long]] story"))
-        first = await _until_first_token(ws)  # the edge is subscribed to s1's out subjects
+        first = await _until_first_token(ws)  # the edge routes s1's events to this client
+        edge_id = stack.edge.edge_id
         for kind in ("token", "toolcall", "done", "error"):
             for payload in GARBAGE:
-                await nats_client.publish(subjects.out("s1", kind), payload)
+                await nats_client.publish(subjects.edge_out(edge_id, "s1", "chat-1", kind), payload)
         stale = [
             Token("s1", uuid.uuid4().hex, 1, "INTRUDER "),
             Done("s1", uuid.uuid4().hex, 2, "chat", "stop"),
         ]
         for event in stale:
-            await nats_client.publish(subjects.out("s1", "token"), codec.encode(event))
+            subject = subjects.edge_out(edge_id, "s1", "chat-1", "token")
+            await nats_client.publish(subject, codec.encode(event))
         await nats_client.flush()
         frames = first + await read_turn(ws)
         assert [f["type"] for f in frames][-2:] == ["final", "done"]
@@ -433,9 +445,8 @@ async def test_garbage_on_out_subject_mid_turn(
         assert all(w.startswith("mine") for w in words), words
         await stack.wait_idle()
     # Each piece of garbage is logged once; the stale events are dropped silently.
-    assert len(_warnings(caplog, "dropped malformed bus message on yap.session.s1.out.")) == (
-        4 * len(GARBAGE)
-    )
+    prefix = f"dropped malformed bus message on yap.edge.{edge_id}.session.s1.out.chat-1."
+    assert len(_warnings(caplog, prefix)) == 4 * len(GARBAGE)
     _no_errors_logged(caplog)
 
 
@@ -450,8 +461,8 @@ async def test_garbage_heartbeat(
             await nats_client.publish(subject, payload)
         await nats_client.flush()
         await _completed_turn(ws, "s1", "beat")
-        assert stack.edge.state.healthy()
-        assert {s.heartbeat.actor_id for s in stack.edge.state.registry.snapshot()} == {
+        assert stack.edge.healthy()
+        assert {s.heartbeat.actor_id for s in stack.edge.registry.snapshot()} == {
             "tool-0",
             "chat-1",
         }
@@ -474,12 +485,13 @@ async def test_deeply_nested_out_event_is_dropped_as_malformed(
     async with run_stack(config) as stack, stack.client() as ws:
         await ws.send(start_message("s1", "mine [[long]] story"))
         await _until_first_token(ws)
-        await nats_client.publish(subjects.out("s1", "toolcall"), payload)
+        subject = subjects.edge_out(stack.edge.edge_id, "s1", "tool-0", "toolcall")
+        await nats_client.publish(subject, payload)
         await nats_client.flush()
         frames = await read_turn(ws)
         assert "usage" in frames[-1]
         await stack.wait_idle()
-    assert _warnings(caplog, "dropped malformed bus message on yap.session.s1.out.toolcall")
+    assert _warnings(caplog, f"dropped malformed bus message on {subject}")
     assert not _warnings(caplog, "bus error")
 
 
@@ -499,7 +511,7 @@ async def test_cancel_right_behind_its_start_frees_the_actor(
             turn_id = uuid.uuid4().hex
             inbox = nats_client.new_inbox()
             replies = await nats_client.subscribe(inbox, max_msgs=1)
-            start = ToolStart("s1", turn_id, user_utterance="hi")
+            start = ToolStart("s1", turn_id, user_utterance="hi", edge_id="edge-test")
             # Both go out in one write, so the actor reads them in one go.
             await nats_client.publish(subjects.tool_start("s1"), codec.encode(start), reply=inbox)
             await nats_client.publish(subjects.cancel("s1"), codec.encode(Cancel("s1", turn_id)))
@@ -510,3 +522,73 @@ async def test_cancel_right_behind_its_start_frees_the_actor(
         await _eventually(lambda: tool.running == 0, within=2.0)
         async with stack.client() as ws:
             await _completed_turn(ws, "s1", "after")
+
+
+# --- leg faults ------------------------------------------------------------------------
+
+
+async def test_seq_jump_from_the_leg_actor_fails_the_turn_at_once(
+    nats_server, nats_client: NatsClient
+) -> None:
+    """A token of the running turn, from the actor that owns the leg, whose seq jumps
+    ahead ends the turn with actor_error and a done at once (not at the 30 s event
+    timeout), cancels the leg, and the real stream that follows is not shown."""
+    config = make_config(nats_server.url, chat={"bench_tokens_per_s": 200})
+    codec = Codec()
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(start_message("s1", "mine [[long]] story"))
+        ack = (await _until_first_token(ws))[0]
+        subject = subjects.edge_out(stack.edge.edge_id, "s1", "chat-1", "token")
+        jump = Token("s1", ack["turn_id"], 10_000, "JUMPED ")
+        await nats_client.publish(subject, codec.encode(jump))
+        await nats_client.flush()
+        frames = await read_turn(ws, within=3.0)
+        assert [f["type"] for f in frames][-2:] == ["error", "done"]
+        assert frames[-2]["error_code"] == frames[-1]["error_code"] == "actor_error"
+        assert not any("JUMPED" in f.get("text", "") for f in frames)
+        await stack.wait_idle()  # the leg was cancelled: its engine request is gone
+        assert stack.engines("chat")[0].aborted == [request_id("chat", "s1", ack["turn_id"])]
+        await _completed_turn(ws, "s1", "after")
+
+
+async def test_actor_restart_ends_its_legs_at_once(nats_server, nats_client: NatsClient) -> None:
+    """A heartbeat from a new instance of the actor that owns a running leg ends the turn
+    with actor_lost (its old instance is gone), without waiting for heartbeats to stop."""
+    config = make_config(
+        nats_server.url,
+        chat={"bench_tokens_per_s": 200},
+        # Silence alone would take a minute here: only the restart can end the turn.
+        edge={"actor_lost_after_s": 60.0},
+    )
+    codec = Codec()
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(start_message("s1", "mine [[long]] story"))
+        await _until_first_token(ws)
+        reborn = Heartbeat(actor_id="chat-1", kind="chat", interval_s=0.1, instance="new-one")
+        await nats_client.publish(subjects.heartbeat("chat", "chat-1"), codec.encode(reborn))
+        await nats_client.flush()
+        frames = await read_turn(ws, within=3.0)
+        assert [f["type"] for f in frames][-2:] == ["error", "done"]
+        assert frames[-1]["error_code"] == "actor_lost"
+        assert "restarted" in frames[-2]["message"]
+        await stack.wait_idle()
+
+
+async def test_stream_flush_ms_merges_deltas_into_fewer_frames(nats_server) -> None:
+    """With STREAM_FLUSH_MS a token frame waits for more deltas: fewer frames than
+    deltas, the same text, and the frames still in protocol order."""
+    config = make_config(
+        nats_server.url, edge={"stream_flush_ms": 40}, chat={"bench_tokens_per_s": 400}
+    )
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(start_message("s1", "mine [[long]] story"))
+        frames = await read_turn(ws)
+        await stack.wait_idle()
+    types = [f["type"] for f in frames]
+    assert types[:2] == ["ack", "toolcall"] and types[-2:] == ["final", "done"]
+    tokens = [f["text"] for f in frames if f["type"] == "token"]
+    words = "".join(tokens).split()
+    assert len(words) == config.chat.max_out and all(w.startswith("mine") for w in words)
+    # 200 deltas at 400/s over 0.5 s, frames at most every 40 ms: far fewer frames.
+    assert len(tokens) < config.chat.max_out / 4
+    assert frames[-2]["normalized_text"] == " ".join(words)

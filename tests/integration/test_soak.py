@@ -52,7 +52,15 @@ NOT_OURS = (
 TASK_TOLERANCE = 2  # timers and callbacks of the moment, not one per session or turn
 # Objects that exist once per connection or per turn: none may outlive the soak.
 PER_CONNECTION_TYPES = frozenset(
-    {"ClientConnection", "ServerConnection", "Outbox", "_Turn", "TurnMachine", "Subscription"}
+    {
+        "ClientConnection",
+        "ServerConnection",
+        "FrameWriter",
+        "Outbox",
+        "_RunningTurn",
+        "Turn",
+        "TurnMachine",
+    }
 )
 
 
@@ -200,7 +208,7 @@ async def _round(stack: Stack, round_: int, seconds: float, turns: list[TurnLog]
             group.create_task(_session(stack, round_, n, deadline, turns))
     await stack.wait_idle(within=10.0)
     assert all(actor.engine.running() == 0 for actor in stack.actors)
-    await _eventually(lambda: not stack.edge.state.connections)
+    await _eventually(lambda: not stack.edge.connections)
 
 
 def _census() -> Counter[str]:

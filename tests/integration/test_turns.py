@@ -156,27 +156,59 @@ async def test_set_persona_and_warm(nats_server) -> None:
         assert len(stack.engines("chat")[0].warmed) == 2
 
 
-async def test_auth_failures_throttled(nats_server) -> None:
-    """After too many wrong keys from one address the handshake gets HTTP 429."""
+async def _refused_with(url: str, **headers: str) -> int | None:
+    """The HTTP status that refused the handshake, or None if it was let in."""
+    from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
+
+    try:
+        async with connect(url, additional_headers=headers) as ws:
+            frame = await recv_json(ws)
+            assert frame["error_code"] == "authentication_failed"
+            return None
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+async def test_auth_failures_throttled_but_never_the_right_key(nats_server) -> None:
+    """After too many wrong keys from one address its wrong keys get HTTP 429; the right
+    key from that same address is still served, on the WebSocket and on /status."""
+    from launcher.net import http_status
 
     config = make_config(nats_server.url, edge={"auth_max_failures": 3})
     async with run_stack(config) as stack:
         bad = f"ws://127.0.0.1:{stack.edge.port}/ws?api_key=wrong"
-        for _ in range(3):
-            async with stack.client(bad) as ws:
-                assert (await recv_json(ws))["error_code"] == "authentication_failed"
-        try:
-            async with stack.client(bad):
-                raise AssertionError("the fourth attempt was let in")
-        except InvalidStatus as exc:
-            assert exc.response.status_code == 429
-        # ... even with the right key, from the same address, until the window passes.
-        try:
-            async with stack.client():
-                raise AssertionError("a throttled address was let in")
-        except InvalidStatus as exc:
-            assert exc.response.status_code == 429
+        assert [await _refused_with(bad) for _ in range(3)] == [None, None, None]
+        assert await _refused_with(bad) == 429
+        assert await http_status("127.0.0.1", stack.edge.port, "/status?api_key=nope") == 429
+        async with stack.client() as ws:
+            await ws.send(start_message("still-me"))
+            assert (await read_turn(ws))[-1].get("usage") is not None
+        status = "/status?api_key=test-key"
+        assert await http_status("127.0.0.1", stack.edge.port, status) == 200
+
+
+async def test_auth_throttle_keys_on_the_client_behind_a_trusted_proxy(nats_server) -> None:
+    """Behind a trusted proxy the throttle counts X-Forwarded-For's client, so one bad
+    client does not block another behind the same proxy; an untrusted peer's header is
+    ignored (anyone can write it)."""
+    trusted = make_config(
+        nats_server.url, edge={"auth_max_failures": 2, "trusted_proxies": ["127.0.0.0/8"]}
+    )
+    async with run_stack(trusted) as stack:
+        bad = f"ws://127.0.0.1:{stack.edge.port}/ws?api_key=wrong"
+        one = {"X-Forwarded-For": "203.0.113.7"}
+        two = {"X-Forwarded-For": "198.51.100.2, 203.0.113.8"}  # the proxy appended .8
+        assert [await _refused_with(bad, **one) for _ in range(3)] == [None, None, 429]
+        assert await _refused_with(bad, **two) is None  # another client: not blocked
+        assert await _refused_with(bad, **{"X-Forwarded-For": "203.0.113.7, 127.0.0.1"}) == 429
+
+    untrusted = make_config(nats_server.url, edge={"auth_max_failures": 2})
+    async with run_stack(untrusted) as stack:
+        bad = f"ws://127.0.0.1:{stack.edge.port}/ws?api_key=wrong"
+        assert await _refused_with(bad, **{"X-Forwarded-For": "203.0.113.7"}) is None
+        assert await _refused_with(bad, **{"X-Forwarded-For": "203.0.113.8"}) is None
+        assert await _refused_with(bad, **{"X-Forwarded-For": "203.0.113.9"}) == 429
 
 
 async def test_metrics_endpoint(nats_server) -> None:

@@ -25,7 +25,7 @@ async def run(kind: ActorKind, bus: BusConfig, fake: FakeBehaviour) -> int:
     stop = asyncio.Event()
     if not fake.ignore_sigterm_if_asked():
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    actor_id = f"fake-{kind}-{os.getpid()}"
+    actor_id = os.environ.get("YAP_ACTOR_ID") or f"fake-{kind}-{os.getpid()}"
     heartbeat = Codec().encode(Heartbeat(actor_id=actor_id, kind=kind, interval_s=_INTERVAL_S))
     nc = await nats.connect(bus.url, user=bus.user, password=bus.password)
     try:

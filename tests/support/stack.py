@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +71,19 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def run_stack(
-    config: Config, *, tools: int = 1, chats: int = 1, actor_bus: BusConfig | None = None
+    config: Config,
+    *,
+    tools: int = 1,
+    chats: int = 1,
+    actor_bus: BusConfig | None = None,
+    actor_buses: Mapping[str, BusConfig] | None = None,
+    edge_id: str | None = None,
 ) -> AsyncIterator[Stack]:
+    """The edge and ``tools`` + ``chats`` actors (ids ``tool-0``, ..., ``chat-<n>``).
+
+    ``actor_buses`` gives an actor, by id, bus credentials of its own (else
+    ``actor_bus``, else the config's); ``edge_id`` names the edge (else random).
+    """
     log = logging.getLogger("yap.test")
     async with contextlib.AsyncExitStack() as stack:
         actors: list[ActorService] = []
@@ -87,20 +98,21 @@ async def run_stack(
                 if kind == "tool"
                 else ChatWorker(config.chat, engine, f"{kind}-{index}")
             )
+            actor_id = f"{kind}-{index}"
             service = ActorService(
                 config=config.actor,
-                actor_id=f"{kind}-{index}",
+                actor_id=actor_id,
                 engine=engine,
                 worker=worker,
-                bus=actor_bus or config.bus,
+                bus=(actor_buses or {}).get(actor_id) or actor_bus or config.bus,
                 codec=Codec(),
                 log=log,
             )
             actors.append(await stack.enter_async_context(service))
-        edge = await stack.enter_async_context(EdgeServer(config, log))
+        edge = await stack.enter_async_context(EdgeServer(config, log, edge_id=edge_id))
         if actors:  # ready means the edge has heard every actor's heartbeat
             async with asyncio.timeout(5):
-                registry = edge.state.registry
+                registry = edge.registry
                 while len(registry.snapshot()) < len(actors):
                     registry.heard.clear()
                     await registry.heard.wait()

@@ -169,7 +169,7 @@ def test_extra_trailing_fields_are_ignored(codec: Codec) -> None:
 
 def test_heartbeat_extra_trailing_fields_are_ignored(codec: Codec) -> None:
     """An untagged heartbeat with extra trailing items decodes to the known fields."""
-    data = msgspec.msgpack.encode(["a1", "tool", 0.5, 2, True, False, "future"])
+    data = msgspec.msgpack.encode(["a1", "tool", 0.5, 2, True, False, "", "future"])
     assert codec.decode_heartbeat(data) == Heartbeat(
         actor_id="a1", kind="tool", interval_s=0.5, running=2
     )

@@ -407,3 +407,52 @@ def test_missing_key_skips_the_compare(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert not is_authorized("/ws", Headers(), "yap_token")
     assert calls == []
+
+
+# --- the client behind trusted proxies ------------------------------------------------
+
+PROXIES = auth.parse_networks(["10.0.0.0/8", "192.0.2.1"])
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "expected"),
+    [
+        ("203.0.113.5", ["198.51.100.1"], (), "203.0.113.5"),  # no trusted proxies: ignored
+        ("203.0.113.5", ["198.51.100.1"], PROXIES, "203.0.113.5"),  # peer is no proxy
+        ("10.1.2.3", ["198.51.100.1"], PROXIES, "198.51.100.1"),
+        ("10.1.2.3", ["6.6.6.6, 198.51.100.1"], PROXIES, "198.51.100.1"),  # rightmost wins
+        ("10.1.2.3", ["198.51.100.1, 192.0.2.1"], PROXIES, "198.51.100.1"),  # proxies skipped
+        ("10.1.2.3", ["198.51.100.1", "10.9.9.9"], PROXIES, "198.51.100.1"),  # two headers
+        ("10.1.2.3", ["10.4.4.4"], PROXIES, "10.1.2.3"),  # only proxies: the last one
+        ("10.1.2.3", [], PROXIES, "10.1.2.3"),
+        ("10.1.2.3", ["not-an-ip"], PROXIES, "not-an-ip"),  # not a proxy, so the client
+    ],
+)
+def test_client_address(
+    peer: str, forwarded: list[str], trusted: tuple[auth.Network, ...], expected: str
+) -> None:
+    """X-Forwarded-For counts only from a trusted proxy, read from the right."""
+    headers = Headers([("X-Forwarded-For", value) for value in forwarded])
+    assert auth.client_address(peer, headers, trusted) == expected
+
+
+def test_parse_networks_refuses_garbage() -> None:
+    """A trusted proxy must be an address or a CIDR block."""
+    with pytest.raises(ValueError):
+        auth.parse_networks(["proxy.example"])
+
+
+# --- capacity -----------------------------------------------------------------------
+
+
+def test_local_slots_count_to_the_limit() -> None:
+    """One edge admits up to the limit; a released slot is free again, once."""
+    from edge.capacity import LocalSlots
+
+    slots = LocalSlots(2)
+    first, second = slots.acquire(), slots.acquire()
+    assert first is not None and second is not None and slots.acquire() is None
+    assert slots.active() == 2
+    first.release()
+    first.release()
+    assert slots.active() == 1 and slots.acquire() is not None and slots.acquire() is None

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from edge import errors
+from bus import codes
 from edge.errors import EdgeError, ProtocolError
 from edge.messages import (
     MESSAGE_TYPES,
@@ -233,7 +233,7 @@ def test_parse_is_stateless(protocol: ClientProtocol) -> None:
 @pytest.mark.parametrize("data", [b"", b"{}", start().encode()], ids=["empty", "obj", "start"])
 def test_binary_frame_is_invalid_message(protocol: ClientProtocol, data: bytes) -> None:
     """Binary frames are refused even when they hold valid JSON."""
-    assert parse_error(protocol, data).code == errors.INVALID_MESSAGE
+    assert parse_error(protocol, data).code == codes.INVALID_MESSAGE
 
 
 @pytest.mark.parametrize(
@@ -242,7 +242,7 @@ def test_binary_frame_is_invalid_message(protocol: ClientProtocol, data: bytes) 
 )
 def test_invalid_json(protocol: ClientProtocol, data: str) -> None:
     """Text that is not one JSON value is invalid_json."""
-    assert parse_error(protocol, data).code == errors.INVALID_JSON
+    assert parse_error(protocol, data).code == codes.INVALID_JSON
 
 
 @pytest.mark.parametrize(
@@ -250,13 +250,13 @@ def test_invalid_json(protocol: ClientProtocol, data: str) -> None:
 )
 def test_non_object_is_invalid_message(protocol: ClientProtocol, data: str) -> None:
     """A JSON value that is not an object is invalid_message."""
-    assert parse_error(protocol, data).code == errors.INVALID_MESSAGE
+    assert parse_error(protocol, data).code == codes.INVALID_MESSAGE
 
 
 @pytest.mark.parametrize("data", ["{}", '{"session_id": "s1"}', '{"type": null}'])
 def test_missing_type(protocol: ClientProtocol, data: str) -> None:
     """An object without a type (or with a null type) is missing_field."""
-    assert parse_error(protocol, data).code == errors.MISSING_FIELD
+    assert parse_error(protocol, data).code == codes.MISSING_FIELD
 
 
 @pytest.mark.parametrize(
@@ -265,7 +265,7 @@ def test_missing_type(protocol: ClientProtocol, data: str) -> None:
 def test_unknown_or_non_string_type(protocol: ClientProtocol, kind: object) -> None:
     """An unknown type name or a non-string type is unknown_message_type."""
     error = parse_error(protocol, json.dumps({"type": kind}))
-    assert error.code == errors.UNKNOWN_MESSAGE_TYPE
+    assert error.code == codes.UNKNOWN_MESSAGE_TYPE
     assert "start" in error.message  # lists the known types
 
 
@@ -282,7 +282,7 @@ def test_start_missing_required(
 ) -> None:
     """A start without session_id or user_utterance is missing_field, naming the field."""
     error = parse_error(protocol, dumps(type="start", **fields))
-    assert error.code == errors.MISSING_FIELD
+    assert error.code == codes.MISSING_FIELD
     if missing is not None:
         assert missing in error.message
 
@@ -317,7 +317,7 @@ def test_wrong_typed_fields(protocol: ClientProtocol, kind: str, field: str, val
     fields: dict[str, Any] = {"session_id": "s1", "user_utterance": "hi"} if kind == "start" else {}
     fields[field] = value
     error = parse_error(protocol, dumps(type=kind, **fields))
-    assert error.code == errors.INVALID_FIELD
+    assert error.code == codes.INVALID_FIELD
     assert f"$.{field}" in error.message
 
 
@@ -329,7 +329,7 @@ def test_wrong_typed_fields(protocol: ClientProtocol, kind: str, field: str, val
 def test_bad_session_ids(protocol: ClientProtocol, kind: str, session_id: str) -> None:
     """Session ids that are not safe subject tokens are invalid_session_id."""
     error = parse_error(protocol, dumps(type=kind, session_id=session_id, user_utterance="hi"))
-    assert error.code == errors.INVALID_SESSION_ID
+    assert error.code == codes.INVALID_SESSION_ID
 
 
 @pytest.mark.parametrize(
@@ -352,7 +352,7 @@ def test_bad_persona_values(protocol: ClientProtocol, kind: str, field: str, val
     fields: dict[str, Any] = {"session_id": "s1", "user_utterance": "hi"} if kind == "start" else {}
     fields[field] = value
     error = parse_error(protocol, dumps(type=kind, **fields))
-    assert error.code == errors.INVALID_FIELD
+    assert error.code == codes.INVALID_FIELD
     assert field in error.message
 
 
@@ -372,7 +372,7 @@ def test_too_long_fields(protocol: ClientProtocol, kind: str, field: str, limit:
     fields: dict[str, Any] = {"session_id": "s1", "user_utterance": "hi"} if kind == "start" else {}
     fields[field] = "x" * (limit + 1)
     error = parse_error(protocol, dumps(type=kind, **fields))
-    assert error.code == errors.FIELD_TOO_LONG
+    assert error.code == codes.FIELD_TOO_LONG
     assert field in error.message
     assert str(limit) in error.message
 
@@ -380,18 +380,43 @@ def test_too_long_fields(protocol: ClientProtocol, kind: str, field: str, limit:
 def test_session_id_checked_before_lengths(protocol: ClientProtocol) -> None:
     """A start with both a bad session id and a long utterance reports the session id."""
     error = parse_error(protocol, dumps(type="start", session_id="a.b", user_utterance="x" * 500))
-    assert error.code == errors.INVALID_SESSION_ID
+    assert error.code == codes.INVALID_SESSION_ID
 
 
 def test_protocol_error_carries_code_and_message() -> None:
     """ProtocolError exposes its code and message and sits under the edge's root."""
-    error = ProtocolError(errors.INVALID_JSON, "bad")
+    error = ProtocolError(codes.INVALID_JSON, "bad")
     assert (error.code, error.message, str(error)) == ("invalid_json", "bad", "bad")
     assert isinstance(error, EdgeError)
 
 
-def test_error_codes_are_unique() -> None:
-    """No two error-code constants share a value, so clients can switch on them."""
-    codes = [getattr(errors, name) for name in errors.__all__ if name.isupper()]
-    assert len(codes) == len(set(codes))
-    assert all(code == code.lower() for code in codes)
+@pytest.mark.parametrize(
+    ("text", "escape"),
+    [
+        (r'"\ud800"', r"\ud800"),
+        (r'{"type":"ping","x":"a\udbff"}', r"\udbff"),
+        (r'{"type":"ping","x":"\udc00"}', r"\udc00"),
+        (r'{"type":"ping","x":"\ud800\u0041"}', r"\ud800"),
+    ],
+)
+def test_lone_surrogate_escape_says_what_is_wrong(
+    protocol: ClientProtocol, text: str, escape: str
+) -> None:
+    """A lone UTF-16 surrogate escape is invalid_json with a message naming the escape."""
+    error = parse_error(protocol, text)
+    assert error.code == codes.INVALID_JSON
+    assert f"{escape} is a lone UTF-16 surrogate escape" in error.message
+    assert "truncated" not in error.message
+
+
+def test_escaped_backslash_before_u_is_not_a_surrogate(protocol: ClientProtocol) -> None:
+    """``\\ud800`` is a backslash and text, so a truncated frame with it says truncated."""
+    error = parse_error(protocol, r'"\\ud800')
+    assert error.code == codes.INVALID_JSON
+    assert "surrogate" not in error.message
+
+
+def test_surrogate_pair_escape_is_a_character(protocol: ClientProtocol) -> None:
+    """A high-low pair is one character (an emoji) and decodes."""
+    message = protocol.parse(r'{"type":"start","session_id":"s","user_utterance":"\ud83d\ude00"}')
+    assert isinstance(message, StartMessage) and message.user_utterance == "\U0001f600"

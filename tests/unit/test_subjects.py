@@ -42,7 +42,6 @@ def test_matcher_star_is_one_token_and_gt_is_the_rest() -> None:
         (subjects.chat_start, "yap.session.S-1.in.chat.start"),
         (subjects.chat_warm, "yap.session.S-1.in.chat.warm"),
         (subjects.cancel, "yap.session.S-1.in.cancel"),
-        (subjects.session_out, "yap.session.S-1.out.>"),
     ],
 )
 def test_session_subjects(build: Callable[[str], str], expected: str) -> None:
@@ -50,10 +49,68 @@ def test_session_subjects(build: Callable[[str], str], expected: str) -> None:
     assert build("S-1") == expected
 
 
-@pytest.mark.parametrize("kind", ["toolcall", "token", "done", "error", "warmed"])
+OUT_KINDS = ["toolcall", "token", "done", "error", "warmed"]
+
+
+def _out(session_id: str, kind: subjects.OutKind = "token", edge: str = "e1", actor: str = "a1"):
+    return subjects.edge_out(edge, session_id, actor, kind)
+
+
+@pytest.mark.parametrize("kind", OUT_KINDS)
 def test_out_subject_per_kind(kind: subjects.OutKind) -> None:
-    """Outbound subjects end in the event kind after ``out``."""
-    assert subjects.out("abc", kind) == f"yap.session.abc.out.{kind}"
+    """Outbound subjects name the edge, the session, the sending actor, then the kind."""
+    assert (
+        subjects.edge_out("edge-0", "abc", "chat-1", kind)
+        == f"yap.edge.edge-0.session.abc.out.chat-1.{kind}"
+    )
+
+
+@pytest.mark.parametrize("kind", OUT_KINDS)
+def test_parse_edge_out_inverts_edge_out(kind: subjects.OutKind) -> None:
+    """parse_edge_out gives back the session, the sender and the kind."""
+    assert subjects.parse_edge_out(_out("s-1", kind, actor="tool-0")) == ("s-1", "tool-0", kind)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "yap.edge.e1.session.s1.out.a1",
+        "yap.edge.e1.session.s1.out.a1.token.x",
+        "yap.edge.e1.sessions.s1.out.a1.token",
+        "yap.edge.e1.session.s1.in.a1.token",
+        "yap.edge.e1.session.s1.out.a1.nonsense",
+        "yap.edge.e1.stats",
+        "",
+    ],
+)
+def test_parse_edge_out_refuses_other_subjects(subject: str) -> None:
+    """A subject not shaped like an outbound one parses to None."""
+    assert subjects.parse_edge_out(subject) is None
+
+
+def test_edge_outbox_is_the_edges_own() -> None:
+    """An edge's one subscription sees its own sessions from any actor, not another edge's."""
+    outbox = subjects.edge_outbox("e1")
+    for kind in OUT_KINDS:
+        assert nats_match(outbox, _out("s1", kind, edge="e1", actor="chat-3"))  # type: ignore[arg-type]
+        assert not nats_match(outbox, _out("s1", kind, edge="e2"))  # type: ignore[arg-type]
+    assert not nats_match(outbox, subjects.edge_stats("e1"))
+    assert all(nats_match(subjects.all_out(), _out("s", edge=e)) for e in ("e1", "e2"))
+
+
+def test_out_from_covers_only_the_actors_own_subjects() -> None:
+    """An actor's publish permission matches its own outbound subjects on any edge only."""
+    own = subjects.out_from("chat-0")
+    assert nats_match(own, _out("s1", "token", edge="e9", actor="chat-0"))
+    assert not nats_match(own, _out("s1", "token", actor="chat-1"))
+    assert not nats_match(own, subjects.tool_start("s1"))
+
+
+def test_inbox_prefix_is_per_identity() -> None:
+    """Each process's inbox prefix sits under _INBOX and names it."""
+    assert subjects.inbox_prefix("edge-0") == "_INBOX.edge-0"
+    with pytest.raises(InvalidSessionId):
+        subjects.inbox_prefix("a.b")
 
 
 @pytest.mark.parametrize("kind", ["tool", "chat"])
@@ -118,8 +175,11 @@ def test_invalid_session_ids(session_id: str) -> None:
         subjects.chat_start,
         subjects.chat_warm,
         subjects.cancel,
-        subjects.session_out,
-        lambda s: subjects.out(s, "token"),
+        lambda s: _out(s),
+        lambda s: _out("s", edge=s),
+        lambda s: _out("s", actor=s),
+        subjects.edge_outbox,
+        subjects.out_from,
     ],
 )
 def test_builders_validate_session_id(build: Callable[[str], str]) -> None:
@@ -154,25 +214,18 @@ def test_wildcards_match_their_builder(
 def test_wildcards_do_not_overlap(wildcard: Callable[[], str], own: Callable[[str], str]) -> None:
     """An actor wildcard matches no other inbound kind and no outbound subject."""
     others = [build("s") for _, build in WILDCARDS if build is not own]
-    others += [subjects.out("s", kind) for kind in ("toolcall", "token", "done", "error", "warmed")]
+    others += [_out("s", kind) for kind in OUT_KINDS]  # type: ignore[arg-type]
     assert not any(nats_match(wildcard(), subject) for subject in others)
 
 
-@pytest.mark.parametrize("kind", ["toolcall", "token", "done", "error", "warmed"])
-def test_session_out_matches_every_out_kind(kind: subjects.OutKind) -> None:
-    """An edge's per-session subscription sees every outbound kind of that session only."""
-    assert nats_match(subjects.session_out("s1"), subjects.out("s1", kind))
-    assert not nats_match(subjects.session_out("s1"), subjects.out("s2", kind))
-
-
-def test_session_out_does_not_match_inbound() -> None:
+def test_edge_outbox_does_not_match_inbound() -> None:
     """An edge never receives the starts and cancels it publishes itself."""
     inbound = [build("s1") for _, build in WILDCARDS]
-    assert not any(nats_match(subjects.session_out("s1"), subject) for subject in inbound)
+    assert not any(nats_match(subjects.edge_outbox("e1"), subject) for subject in inbound)
 
 
 @pytest.mark.parametrize("kind", ["tool", "chat"])
 def test_all_heartbeats_matches_heartbeat(kind: subjects.ActorKind) -> None:
     """The edge's heartbeat subscription covers every actor of both kinds."""
     assert nats_match(subjects.ALL_HEARTBEATS, subjects.heartbeat(kind, "a1"))
-    assert not nats_match(subjects.ALL_HEARTBEATS, subjects.out("a1", "done"))
+    assert not nats_match(subjects.ALL_HEARTBEATS, _out("a1", "done"))

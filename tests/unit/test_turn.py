@@ -10,7 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bus.events import Done, Error, OutboundEvent, Token, ToolCall, ToolCallSpec, Warmed
-from edge.turn import Action, CancelLegs, SendFrame, SendToken, StartLeg, TurnMachine, TurnPlan
+from edge.turn import (
+    Action,
+    CancelLegs,
+    SendFrame,
+    SendToken,
+    StartLeg,
+    Turn,
+    TurnMachine,
+    TurnPlan,
+)
 
 SESSION = "s1"
 TURN = "t1"
@@ -229,11 +238,24 @@ def test_repeated_or_lower_seq_is_dropped(seq: int) -> None:
     assert machine.text == "ab"
 
 
-def test_seq_gaps_are_accepted() -> None:
-    """A higher seq after a gap is still accepted (only order matters, not density)."""
+@pytest.mark.parametrize("first", [2, 5])
+def test_a_seq_that_jumps_ahead_fails_the_leg(first: int) -> None:
+    """A seq past the next one means events were lost (or forged): the turn fails with
+    actor_error, the leg is cancelled, and the stream that follows is ignored."""
     machine = started(CHAT_ONLY)
-    assert machine.on_event(token(5, "a")) == [SendToken("a")]
-    assert machine.on_event(token(9, "b")) == [SendToken("b")]
+    assert machine.on_event(token(1, "a")) == [SendToken("a")]
+    actions = machine.on_event(token(first + 1, "b"))
+    assert actions[0] == CancelLegs(("chat",))
+    assert frame_types(actions[1:]) == ["error", "done"]
+    assert sent(actions)[0]["error_code"] == "actor_error"
+    assert machine.error_code == "actor_error" and machine.text == "a"
+    assert machine.on_event(token(first + 2, "c")) == []
+
+
+def test_a_first_event_past_seq_one_fails_the_leg() -> None:
+    """A leg's events are numbered from 1: a first event numbered higher is a gap too."""
+    machine = started(CHAT_ONLY)
+    assert frame_types(machine.on_event(token(3, "x"))) == ["CancelLegs", "error", "done"]
 
 
 def test_seq_is_tracked_per_leg() -> None:
@@ -534,3 +556,116 @@ def test_any_ordering_sends_one_done(
     if streamed:
         assert kinds.index("toolcall") < kinds.index("SendToken")
     assert "".join(streamed) == "".join(texts)
+
+
+# --- Turn: leg owners, held events, deadlines -------------------------------------------
+
+
+def new_turn(plan: TurnPlan = CHAT_ONLY, now: float = 0.0) -> Turn:
+    turn = Turn(plan, now=now, event_timeout_s=30.0, turn_timeout_s=120.0)
+    turn.begin()
+    return turn
+
+
+def test_events_before_acceptance_are_held_then_replayed_from_the_owner() -> None:
+    """Events that beat their leg's acceptance wait; on acceptance the owner's are played
+    in order and everyone else's are dropped."""
+    turn = new_turn()
+    assert turn.on_event("chat-1", token(1, "a"), 0.1) == []
+    assert turn.on_event("chat-9", token(2, "FORGED"), 0.1) == []
+    assert turn.on_event("chat-1", token(2, "b"), 0.1) == []
+    assert turn.accepted("chat", "chat-1", "i1", 0.2) == [SendToken("a"), SendToken("b")]
+    assert turn.owner("chat") == "chat-1"
+    assert turn.machine.text == "ab"
+
+
+def test_events_from_another_actor_are_dropped() -> None:
+    """Once a leg is accepted, only its actor's events reach the machine."""
+    turn = new_turn()
+    turn.accepted("chat", "chat-1", "i1", 0.0)
+    assert turn.on_event("chat-2", token(1, "x"), 0.1) == []
+    assert turn.on_event("chat-1", token(1, "y"), 0.1) == [SendToken("y")]
+    assert turn.on_event("chat-2", done("chat", 2), 0.1) == []
+    assert turn.machine.outcome == "running"
+
+
+def test_events_for_a_leg_not_started_are_not_held() -> None:
+    """In sequential mode the chat leg starts only after the decision: earlier chat
+    events are dropped, not kept for later."""
+    turn = new_turn(SEQUENTIAL)
+    assert turn.on_event("chat-1", token(1, "early"), 0.0) == []
+    turn.accepted("tool", "tool-0", "i", 0.0)
+    assert turn.on_event("tool-0", toolcall(1), 0.0)[-1] == StartLeg("chat")
+    assert turn.accepted("chat", "chat-1", "i", 0.0) == []
+
+
+def test_held_events_are_bounded() -> None:
+    """At most HELD_PER_LEG events wait per leg; the one dropped leaves a gap that fails it."""
+    from edge.turn import HELD_PER_LEG
+
+    turn = new_turn()
+    for seq in range(1, HELD_PER_LEG + 3):
+        turn.on_event("chat-1", token(seq, "x"), 0.0)
+    actions = turn.accepted("chat", "chat-1", "i", 0.0)
+    assert sum(isinstance(a, SendToken) for a in actions) == HELD_PER_LEG
+    assert turn.on_event("chat-1", token(HELD_PER_LEG + 3, "y"), 0.0)[0] == CancelLegs(("chat",))
+    assert turn.machine.error_code == "actor_error"
+
+
+def test_a_second_acceptance_changes_nothing() -> None:
+    """A leg has one owner: a later Accepted (a duplicate reply) cannot take it over."""
+    turn = new_turn()
+    turn.accepted("chat", "chat-1", "i", 0.0)
+    assert turn.accepted("chat", "chat-2", "i", 0.0) == []
+    assert turn.on_event("chat-2", token(1, "x"), 0.0) == []
+
+
+def test_restart_of_the_owner_fails_the_turn_with_actor_lost() -> None:
+    """A new instance of a leg's actor means the leg is gone: actor_lost at once; other
+    actors' restarts and the same instance change nothing."""
+    turn = new_turn(CONCURRENT)
+    turn.accepted("tool", "tool-0", "t1", 0.0)
+    turn.accepted("chat", "chat-1", "c1", 0.0)
+    assert turn.restarted("chat-2", "zz") == []
+    assert turn.restarted("chat-1", "c1") == []
+    actions = turn.restarted("chat-1", "c2")
+    assert isinstance(actions[0], CancelLegs)
+    assert sent(actions)[0]["error_code"] == "actor_lost"
+    assert "restarted" in sent(actions)[0]["message"]
+
+
+def test_restart_with_unknown_instances_changes_nothing() -> None:
+    """Actors that report no instance (older ones) are never taken for restarted."""
+    turn = new_turn()
+    turn.accepted("chat", "chat-1", "", 0.0)
+    assert turn.restarted("chat-1", "new") == []
+
+
+def test_expire_actor_lost_event_and_turn_timeouts() -> None:
+    """A silent owner is actor_lost; no event for event_timeout_s, or a turn past
+    turn_timeout_s, is turn_timeout; events keep the turn fresh."""
+    turn = new_turn()
+    turn.accepted("chat", "chat-1", "i", 0.0)
+    assert turn.expire(10.0, lambda actor: True) == []
+    assert sent(turn.expire(10.0, lambda actor: actor != "chat-1"))[0]["error_code"] == "actor_lost"
+
+    idle = new_turn()
+    idle.accepted("chat", "chat-1", "i", 0.0)
+    idle.on_event("chat-1", token(1, "a"), 20.0)
+    assert idle.expire(49.0, lambda actor: True) == []
+    error = sent(idle.expire(50.5, lambda actor: True))[0]
+    assert error["error_code"] == "turn_timeout" and "30 s" in error["message"]
+
+    slow = new_turn()
+    slow.accepted("chat", "chat-1", "i", 0.0)
+    for seq in range(1, 10):
+        slow.on_event("chat-1", token(seq, "a"), seq * 13.0)
+    error = sent(slow.expire(121.0, lambda actor: True))[0]
+    assert error["error_code"] == "turn_timeout" and "120 s" in error["message"]
+    assert slow.expire(122.0, lambda actor: True) == []  # failed once, then finished
+
+
+def test_expire_before_acceptance_does_not_call_it_lost() -> None:
+    """A leg with no owner yet has no actor to lose; only the deadlines apply."""
+    turn = new_turn()
+    assert turn.expire(1.0, lambda actor: False) == []
