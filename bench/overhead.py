@@ -975,6 +975,8 @@ async def _profile(side: BusSide, settings: Settings, host: _Host) -> dict[str, 
 _AREAS: Final = (
     ("Runner.run", "", "event loop in C (uvloop: epoll, socket reads, timers, callbacks)"),
     ("Connection.send_data", "", "socket writes: WebSocket frames"),
+    # The edge writes a connection's frames itself, one writelines per burst.
+    ("FrameWriter.flush", "", "socket writes: WebSocket frames"),
     ("StreamWriter.writelines", "", "socket writes: NATS (nats-py flusher)"),
     ("", "websockets/extensions/permessage_deflate", "permessage-deflate (zlib)"),
     ("", "websockets/", "websockets (framing, send/recv)"),
