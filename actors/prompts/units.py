@@ -53,7 +53,7 @@ SplitLevel = Literal["lines", "specials", "whole"]
 # tens of microseconds); more go to the pool.
 INLINE_CHARS: Final = 256
 # Threads encoding prompts: a burst of sessions' cold histories in parallel, on at
-# most this many cores (encoding releases the GIL).
+# most this many cores (encoding releases the GIL), one core left to the event loop.
 PROMPT_THREADS: Final = 4
 # The cache's bound in tokens: a 1,500-token history per session for ~1,300 sessions.
 MAX_CACHED_TOKENS: Final = 2_000_000
@@ -86,7 +86,7 @@ BatchEncode = Callable[[Sequence[str]], list[list[int]]]
 def prompt_pool(name: str) -> ThreadPoolExecutor:
     """The thread pool an actor encodes its prompts in."""
     return ThreadPoolExecutor(
-        max_workers=max(1, min(PROMPT_THREADS, os.cpu_count() or 1)),
+        max_workers=max(1, min(PROMPT_THREADS, (os.cpu_count() or 2) - 1)),
         thread_name_prefix=f"{name}-prompt",
     )
 
