@@ -51,6 +51,8 @@ class ChatWorker:
         self._spawn: Spawn | None = None
         # The running next-turn warm of each session that has one.
         self._next_warms: dict[str, asyncio.Task[None]] = {}
+        # Warms spawned whose request has not reached the engine yet (prompt building).
+        self._unsent: set[asyncio.Task[None]] = set()
         self.next_warms_started = 0
         self.next_warms_cancelled = 0
 
@@ -73,6 +75,11 @@ class ChatWorker:
         if self._prompts is None:  # not opened (a bare worker in a test): encode inline
             self._prompts = self._new_prompts(None)
         return self._prompts
+
+    def pending(self) -> int:
+        """Warm requests spawned but not yet handed to the engine (heartbeats add them
+        to the engine's count, so "idle" means nothing is about to start either)."""
+        return len(self._unsent)
 
     def next_warm(self, session_id: str) -> asyncio.Task[None] | None:
         """The session's running next-turn warm, if any (tests wait on it)."""
@@ -150,9 +157,11 @@ class ChatWorker:
         rid = f"{NEXT_WARM_PREFIX}:{session_id}:{turn_id}"
         task = self._spawn(self._warm_next(rid, persona_text, history))
         self._next_warms[session_id] = task
+        self._unsent.add(task)
         self.next_warms_started += 1
 
         def forget(done: asyncio.Task[None]) -> None:
+            self._unsent.discard(done)
             if self._next_warms.get(session_id) is done:
                 del self._next_warms[session_id]
 
@@ -162,6 +171,9 @@ class ChatWorker:
         """Prefill the next turn's prompt up to its utterance; best effort."""
         try:
             ids = await self.prompts.history_prefix(persona_text=persona_text, history_text=history)
+            # No await between leaving the unsent set and the engine counting the
+            # request: a heartbeat never sees the warm in neither.
+            self._unsent.discard(asyncio.current_task())  # type: ignore[arg-type]
             if ids:
                 await self._engine.warm(ids, request_id=rid)
         except asyncio.CancelledError:

@@ -64,6 +64,10 @@ class Worker(Protocol):
         """Release what ``open`` built; called before the engine closes."""
         ...
 
+    def pending(self) -> int:
+        """Requests of the worker's own (warms) spawned but not yet in the engine."""
+        ...
+
     async def run_turn(self, event: ToolStart | ChatStart, emit: TurnEmitter) -> None:
         """Generate and publish the leg's events, ending with ``emit.done``.
 
@@ -375,7 +379,9 @@ class ActorService:
             actor_id=self.actor_id,
             kind=self.kind,
             interval_s=self._config.heartbeat_interval_s,
-            running=self.engine.running(),
+            # What the engine runs, and the worker's warms about to reach it: idle
+            # means nothing is about to start either.
+            running=self.engine.running() + self._worker.pending(),
             ready=self._ready,
             draining=self._draining,
         )

@@ -50,6 +50,10 @@ class ToolWorker:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
+    def pending(self) -> int:
+        """Requests about to reach the engine outside a turn: the tool actor has none."""
+        return 0
+
     @property
     def prompts(self) -> ToolPrompts:
         if self._prompts is None:  # not opened (a bare worker in a test): encode inline

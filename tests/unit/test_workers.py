@@ -147,7 +147,9 @@ async def test_the_next_start_cancels_a_running_warm() -> None:
     spawner = Spawner()
     await worker.open(spawner)
     await run_chat(worker, chat_start("s1", "t1", "hi"))
+    assert worker.pending() == 1  # spawned, its prompt not built yet: counted as running
     await engine.entered.wait()
+    assert worker.pending() == 0  # now the engine counts it
     engine.entered.clear()
     await run_chat(worker, chat_start("s2", "t1", "hi"))
     await engine.entered.wait()
