@@ -14,10 +14,11 @@ arguments (pure functions, importable without vLLM, tested in CI) and wraps
   slow core, per request); the reply is decoded here instead, from an empty stream
   (``actors.engines.detokenize``), and stop strings are matched here too (vLLM
   allows none without detokenizing), aborting the request on a hit.
-* A ``random:`` model samples from the tokenizer's trained tokens only
-  (``allowed_token_ids``): its random weights would otherwise pick the vocabulary's
-  filler entries, whose names re-encode into ten tokens each, so a reply fed back as
-  history would be ten times its length, unlike a real model's.
+* A ``random:`` model samples from up to 1,024 of the tokenizer's trained tokens
+  (``allowed_token_ids``; vLLM's V2 model runner takes no more): its random weights
+  would otherwise pick the vocabulary's filler entries, whose names re-encode into
+  ten tokens each, so a reply fed back as history would be ten times its length,
+  unlike a real model's.
 * ``abort`` is idempotent; an aborted stream ends with a ``finish_reason "abort"``
   output. Cancelling the consumer, or closing the stream early, aborts the request
   inside vLLM too (``AsyncLLM.generate`` aborts on ``CancelledError`` and
@@ -57,7 +58,7 @@ from actors.engines.base import (
     sampling_spec,
 )
 from actors.engines.detokenize import TextStream
-from actors.engines.vocab import trained_ids
+from actors.engines.vocab import sampleable_ids
 from configs.schema import EngineConfig
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ class VllmEngine:
         args.update(self._overrides)
         self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, model_path)
         if random_model_shape(self._config.model) is not None:
-            self._allowed_ids = await asyncio.to_thread(trained_ids, self._tokenizer)
+            self._allowed_ids = await asyncio.to_thread(sampleable_ids, self._tokenizer)
         _log.info(
             "starting vLLM for %s: quantization=%s kv_cache_dtype=%s gpu_frac=%.2f "
             "max_model_len=%d",

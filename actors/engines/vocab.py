@@ -13,9 +13,12 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-__all__ = ["FILLER_TOKEN", "filler_ids", "trained_ids"]
+__all__ = ["FILLER_TOKEN", "MAX_ALLOWED_IDS", "filler_ids", "sampleable_ids", "trained_ids"]
 
 FILLER_TOKEN: Final = re.compile(r"<\|(?:reserved(?:_special_token)?|vocab_pad)_\d+\|>")
+# vLLM 0.26's V2 model runner, its default for dense models, takes at most this many
+# allowed_token_ids per request (vllm/v1/worker/gpu/sample/logit_bias.py).
+MAX_ALLOWED_IDS: Final = 1024
 
 
 def filler_ids(tokenizer: Any, vocab_size: int) -> set[int]:
@@ -29,3 +32,24 @@ def trained_ids(tokenizer: Any) -> list[int]:
     """The ids of ``tokenizer`` that are not fillers, in order."""
     fillers = filler_ids(tokenizer, len(tokenizer))
     return [i for i in range(len(tokenizer)) if i not in fillers]
+
+
+def sampleable_ids(tokenizer: Any, limit: int = MAX_ALLOWED_IDS) -> list[int]:
+    """Up to ``limit`` trained ids that decode, alone, to whole text.
+
+    What a random-weight model is let sample: no fillers, no special tokens, no
+    control characters and no lone byte of a multibyte character (which decodes to
+    U+FFFD and re-encodes into several tokens), so that its reply, fed back as
+    history, keeps about its length.
+    """
+    special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    ids = []
+    for token_id in trained_ids(tokenizer):
+        if token_id in special:
+            continue
+        text = tokenizer.decode([token_id])
+        if text and "\ufffd" not in text and text.replace("\n", " ").isprintable():
+            ids.append(token_id)
+            if len(ids) == limit:
+                break
+    return ids

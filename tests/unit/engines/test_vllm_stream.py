@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 
 from actors.engines.base import SamplingSpec
 from actors.engines.vllm_engine import VllmEngine, _Vllm
+from actors.engines.vocab import MAX_ALLOWED_IDS, sampleable_ids
 from actors.models import ensure_tiny_model
 from configs.schema import ChatConfig
 
@@ -184,17 +185,27 @@ async def test_warm_runs_one_token_behind_turns(tokenizer: Any) -> None:
     assert await engine.warm([]) == 0
 
 
-async def test_random_models_sample_trained_tokens_only(tokenizer: Any) -> None:
-    """A random-weight model's requests carry allowed_token_ids: the trained tokens."""
+async def test_random_models_sample_clean_trained_tokens(tokenizer: Any) -> None:
+    """A random-weight model's requests carry allowed_token_ids: at most vLLM's V2
+    runner limit of trained tokens that decode to whole text, no fillers."""
     llm = FakeLLM([_Completion([5], "length")])
     engine = engine_on(llm, tokenizer)
-    from actors.engines.vocab import trained_ids
-
-    engine._allowed_ids = trained_ids(tokenizer)
+    engine._allowed_ids = sampleable_ids(tokenizer)
     _ = [o async for o in engine.generate([1], SamplingSpec(max_tokens=1), "r5")]
     allowed = llm.requests[0]["params"]["allowed_token_ids"]
+    assert 500 < len(allowed) <= MAX_ALLOWED_IDS == 1024
     reserved = tokenizer.convert_tokens_to_ids("<|reserved_0|>")
-    assert reserved not in allowed and tokenizer.eos_token_id in allowed
-    assert len(allowed) == len(tokenizer) - len(
-        [t for t in tokenizer.get_added_vocab() if t.startswith("<|reserved_")]
-    )
+    assert reserved not in allowed and tokenizer.eos_token_id not in allowed
+    assert all("\ufffd" not in tokenizer.decode([i]) for i in allowed)
+
+
+def test_padded_gpu_tokenizer_has_enough_clean_tokens() -> None:
+    """The GPU benchmark's 128k padded tokenizer yields the full 1,024 sampleable ids,
+    none of them a filler."""
+    from actors.models.gpu import FILLER_TOKEN, build_tokenizer
+
+    tokenizer = build_tokenizer(128256)
+    allowed = sampleable_ids(tokenizer)
+    assert len(allowed) == MAX_ALLOWED_IDS
+    prefix = FILLER_TOKEN.split("{")[0]
+    assert not any(tokenizer.convert_ids_to_tokens(i).startswith(prefix) for i in allowed)
