@@ -29,6 +29,8 @@ import dataclasses
 import json
 import os
 import random
+import shutil
+import signal
 import sys
 import time
 import tomllib
@@ -240,6 +242,7 @@ class System:
         self.chat: Any = None
         self.beats = Heartbeats()
         self._known: set[str] = set()
+        self._children: dict[str, Any] = {}
 
     async def start(self) -> None:
         from launcher.nats import NatsServer
@@ -278,6 +281,10 @@ class System:
             await _until_healthy("127.0.0.1", port)
             self.urls[mode] = f"ws://127.0.0.1:{port}/ws"
 
+    def pids(self) -> dict[str, int]:
+        """The actors' and edges' process ids, by name."""
+        return {name: child.pid for name, child in self._children.items() if child.running}
+
     async def replace_chat(self, model: str) -> None:
         """Stop the chat actor and start one on ``model``; the edges stay."""
         await self.chat.stop()
@@ -309,6 +316,7 @@ class System:
         child = ChildProcess(name, argv, env=env, stdout=log, stderr=log, stop_timeout_s=30)
         await child.start()
         self._stack.push_async_callback(child.stop)
+        self._children[name] = child
         return child
 
 
@@ -387,6 +395,61 @@ def load_tokenizer(args: argparse.Namespace, chat_model: str) -> Any:
     return AutoTokenizer.from_pretrained(chat_model)
 
 
+class Profiler:
+    """py-spy on the system's processes while a phase runs; summaries by area after.
+
+    py-spy writes its samples when it is interrupted (SIGINT), so it runs exactly as
+    long as the phase it profiles.
+    """
+
+    def __init__(self, out_dir: Path, pids: Mapping[str, int]) -> None:
+        self._out_dir = out_dir
+        self._pids = dict(pids)
+        self._spies: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Profiler:
+        from launcher.process import ChildProcess
+
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        for name, pid in self._pids.items():
+            spy = ChildProcess(
+                f"py-spy-{name}",
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "200",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(self._out_dir / f"{name}.collapsed.txt"),
+                ],
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await spy.start()
+            self._spies[name] = spy
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        from bench.overhead import render_profile, summarize_profile
+
+        for spy in self._spies.values():
+            if spy.pid is not None and spy.running:
+                os.kill(spy.pid, signal.SIGINT)
+        async with asyncio.timeout(60):
+            for spy in self._spies.values():
+                await spy.wait()
+        for name in self._spies:
+            path = self._out_dir / f"{name}.collapsed.txt"
+            if path.exists() and path.stat().st_size:
+                summary = summarize_profile(path.read_text())
+                (self._out_dir / f"{name}-top.txt").write_text(render_profile(name, summary))
+
+
 async def drive(
     urls: Mapping[str, str],
     args: argparse.Namespace,
@@ -425,7 +488,10 @@ async def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
         await drive(urls, args, out, chat_model, args.sessions, workload)
         return out.rows
     async with running_system(args) as system:
-        await drive(system.urls, args, out, chat_model, args.sessions, workload)
+        async with contextlib.AsyncExitStack() as profiling:
+            if args.profile:
+                await profiling.enter_async_context(Profiler(Path(args.profile), system.pids()))
+            await drive(system.urls, args, out, chat_model, args.sessions, workload)
         for model in args.extra_chat_model:
             await system.replace_chat(model)
             await drive(system.urls, args, out, model, args.extra_sessions, workload)
@@ -457,9 +523,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--history-tokens", type=int, default=1500)
     parser.add_argument("--chat-out", type=int, default=0, help="chat.max_out (0: config's)")
     parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="py-spy the actors and edges during the main runs"
+    )
     args = parser.parse_args(argv)
     if args.start_system:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     rows = asyncio.run(_run(args))
     return 0 if rows and all(not r["failed"] for r in rows) else 1
 

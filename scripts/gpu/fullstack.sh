@@ -14,7 +14,9 @@
 # Results in $OUT: gpu_raw.json, gpu_fullstack.json, report.md, log, system/ (logs).
 # Device call: carry [".kit", ".whl"]. Env: SESSIONS (1,16), EXTRA_CHAT_SHAPE (none,
 # e.g. mistral-nemo-12b), EXTRA_SESSIONS (16), TOOL_SHAPE (qwen2.5-1.5b), CHAT_SHAPE
-# (llama-3.1-8b), TURNS (3), THINK_S (0.5), RAW_TOOL_TOKENS (10,2), OUT.
+# (llama-3.1-8b), TURNS (3), THINK_S (0.5), RAW_TOOL_TOKENS (10,2), OUT; PROFILE=1
+# samples the actors and edges with py-spy during the main full-stack runs
+# ($OUT/profile: raw samples and a by-area summary per process).
 # DRY_RUN=1 runs every step on the CPU with the tiny models (no bundle, no GPU, small
 # texts): tests/integration/test_gpu_scripts.py does, so a device call cannot fail on
 # a typo. PYTHON picks the interpreter (python3).
@@ -65,8 +67,10 @@ stamp "raw engines"
     --tool-tokens "$RAW_TOOL_TOKENS" "${common[@]}" --out "$OUT/gpu_raw.json" || status=1
 
 stamp "full stack"
+profile=()
+[[ ${PROFILE:-0} == 1 ]] && profile=(--profile "$OUT/profile")
 "$PYTHON" -m bench.gpu_fullstack --start-system "$config" --workdir "$OUT/system" \
-    --tool-model "$tool" --chat-model "$chat" "${common[@]}" \
+    --tool-model "$tool" --chat-model "$chat" "${common[@]}" "${profile[@]}" \
     --out "$OUT/gpu_fullstack.json" || status=1
 
 stamp report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,10 @@ def test_fullstack_dry_run_covers_both_calls(tmp_path: Path) -> None:
         "EXTRA_SESSIONS": "1",
         "YAP_LOG_LEVEL": "WARNING",
     }
+    # py-spy is optional (the bench extra does not bring it); profile when it is there.
+    py_spy = shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").is_file()
+    if py_spy:
+        env["PROFILE"] = "1"
     done = subprocess.run(
         ["bash", str(SCRIPT)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=380
     )
@@ -67,3 +72,6 @@ def test_fullstack_dry_run_covers_both_calls(tmp_path: Path) -> None:
     assert "| tiny-llama3 | concurrent | 1 | 2 |" in report and "Targets (turn 2):" in report
     logs = sorted(p.name for p in (out / "system").glob("*.log"))
     assert sum(name.startswith("chat-actor") for name in logs) == 2  # the model switch
+    if py_spy:
+        top = (out / "profile" / "chat-actor-top.txt").read_text()
+        assert "samples (py-spy" in top and "by area:" in top
