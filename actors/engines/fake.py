@@ -124,6 +124,18 @@ class FakeEngine:
         finally:
             self._requests.release(request_id, aborted)
 
+    def clear_records(self) -> None:
+        """Forget what the engine recorded (long tests that measure memory)."""
+        for record in (
+            self.aborted,
+            self.warmed,
+            self.warmed_ids,
+            self.warm_request_ids,
+            self.prompts,
+            self.prompt_ids,
+        ):
+            record.clear()
+
     async def wait_idle(self) -> None:
         """Return once no request is running (tests bound it with a timeout)."""
         await self._requests.wait_idle()

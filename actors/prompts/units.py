@@ -239,8 +239,9 @@ class UnitEncoder:
             await self._encode_missing(list(missing))
         if waiting:
             # Another turn is encoding these; should it fail or be cancelled, encode
-            # them here after all.
-            await asyncio.gather(*waiting.values(), return_exceptions=True)
+            # them here after all. asyncio.wait, not gather: a cancelled waiter must
+            # not cancel the futures other turns share.
+            await asyncio.wait(set(waiting.values()))
             retry = [unit for unit in waiting if unit not in self._cache]
             if retry:
                 await self._encode_missing(retry)
@@ -282,7 +283,8 @@ class UnitEncoder:
         for text, ids in zip(texts, encoded, strict=True):
             self._store(text, ids)
             self._pending.pop(text, None)
-            futures[text].set_result(ids)
+            if not futures[text].done():
+                futures[text].set_result(ids)
         self.encoded_tokens += sum(map(len, encoded))
 
     def _store(self, unit: str, ids: list[int]) -> None:

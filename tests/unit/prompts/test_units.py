@@ -281,3 +281,30 @@ def test_line_units_join_back(text: str) -> None:
     assert "".join(units) == text
     for before, unit in itertools.pairwise(units):
         assert before.endswith("\n") and not unit[0].isspace()
+
+
+async def test_a_cancelled_waiter_leaves_a_shared_encode_alone(qwen: Any) -> None:
+    """Two turns need the same long unit; the one waiting on the other's encode is
+    cancelled (a barge-in): the encoding turn still gets its ids, and so does a third."""
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        encoder = UnitEncoder(qwen, pool)
+        encode = encoder._encode
+
+        def slow(texts: list[str]) -> list[list[int]]:
+            release.wait(10)
+            return encode(texts)
+
+        encoder._encode = slow  # type: ignore[method-assign]
+        unit = "User: " + "a long line that needs the pool. " * 20
+        first = asyncio.ensure_future(encoder.ids_of([unit]))
+        await asyncio.sleep(0)  # the first one is now encoding it in the pool
+        waiter = asyncio.ensure_future(encoder.ids_of([unit]))
+        await asyncio.sleep(0)  # the second one now waits on the first's encode
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        release.set()
+        (ids,) = await first
+        assert ids == text_ids(qwen, unit)
+        assert await encoder.ids_of([unit]) == [ids]
