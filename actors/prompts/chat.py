@@ -167,12 +167,14 @@ class ChatPrompts:
 
     async def turn(self, *, persona_text: str, history_text: str, user_utterance: str) -> list[int]:
         """The ids of ``build_chat_prompt(...).text``."""
-        head = await self._head(persona_text, history_text)
         utterance = self._controls.neutralize(user_utterance.strip())
         if not fits_by_bytes(utterance, self._utterance_max):
             utterance = await self.encoder.run(
                 trim_to_tokens, self._tokenizer, utterance, self._utterance_max, "start"
             )
+        # The utterance is a unit of the prompt in the templates we serve (a whole
+        # message between markup): encoded with the history's new lines.
+        head = await self._head(persona_text, history_text, prefetch=(utterance,))
         return await self.encoder.encode(
             _render(self._tokenizer, [*head, _user(utterance)], generation=True)
         )
@@ -227,10 +229,15 @@ class ChatPrompts:
     def _persona(self, persona_text: str) -> Message:
         return {"role": "system", "content": self._controls.neutralize(persona_text)}
 
-    async def _head(self, persona_text: str, history_text: str) -> list[Message]:
+    async def _head(
+        self, persona_text: str, history_text: str, prefetch: tuple[str, ...] = ()
+    ) -> list[Message]:
         head = [self._persona(persona_text)]
         history = await trim_history_cached(
-            self.encoder, self._controls.neutralize(history_text.strip()), self._history_max
+            self.encoder,
+            self._controls.neutralize(history_text.strip()),
+            self._history_max,
+            prefetch,
         )
         if history.strip():
             head.append({"role": "system", "content": HISTORY_LABEL + history.strip()})

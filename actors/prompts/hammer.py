@@ -133,14 +133,18 @@ class ToolPrompts:
     async def turn(self, *, user_utterance: str, history_text: str = "") -> list[int]:
         """The ids of ``build_tool_prompt(...)`` for the same arguments."""
         encoder = self.encoder
-        history = await trim_history_cached(
-            encoder, self._controls.neutralize(history_text.strip()), self._history_max
-        )
         query = self._controls.neutralize(user_utterance.strip())
         if not fits_by_bytes(query, self._utterance_max):
             query = await encoder.run(
                 trim_to_tokens, self._tokenizer, query, self._utterance_max, "start"
             )
+        history = self._controls.neutralize(history_text.strip())
+        # In the prompt a section's body ends with a newline: its last line and the query
+        # are units with it. Encoded with the history's new lines: one round a turn.
+        last = history.rsplit("\n", 1)[-1]
+        history = await trim_history_cached(
+            encoder, history, self._history_max, (f"{last}\n", f"{query}\n")
+        )
         return await encoder.encode(_render(self._tokenizer, self._head, history.strip(), query))
 
 

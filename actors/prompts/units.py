@@ -303,11 +303,15 @@ class UnitEncoder:
         return self._encode(texts) == reference
 
 
-async def trim_history_cached(encoder: UnitEncoder, text: str, max_tokens: int) -> str:
+async def trim_history_cached(
+    encoder: UnitEncoder, text: str, max_tokens: int, prefetch: Sequence[str] = ()
+) -> str:
     """``trim_history(encoder.tokenizer, text, max_tokens)``, counting on cached line ids.
 
     A session's lines are encoded once: a later turn finds them in the cache, so
-    trimming costs lookups, not an encode of the whole history.
+    trimming costs lookups, not an encode of the whole history. ``prefetch`` names
+    units the caller's prompt will need too (its utterance, say), encoded in the same
+    batch, so that a turn makes one round of encoding rather than two.
 
     Raises:
         ValueError: ``max_tokens`` is negative.
@@ -315,7 +319,7 @@ async def trim_history_cached(encoder: UnitEncoder, text: str, max_tokens: int) 
     if fits_by_bytes(text, max_tokens):
         return text if max_tokens else ""
     units = line_units(text)
-    counts = [len(ids) for ids in await encoder.ids_of(units)]
+    counts = [len(ids) for ids in await encoder.ids_of([*units, *prefetch])][: len(units)]
     cut = history_cut(counts, max_tokens)
     if cut == 0:
         return text
