@@ -243,6 +243,7 @@ class System:
         self.beats = Heartbeats()
         self._known: set[str] = set()
         self._children: dict[str, Any] = {}
+        self._starts = 0
 
     async def start(self) -> None:
         from launcher.nats import NatsServer
@@ -270,10 +271,12 @@ class System:
         began = time.perf_counter()
         self.chat = await self._start_actor("chat", self.env)
         print(f"# chat actor ready in {time.perf_counter() - began:.1f} s", flush=True)
-        for mode in MODES:
+        for index, mode in enumerate(MODES):
             port = free_port()
             env = {
                 **self.env,
+                # Distinct edge ids: each edge hears its own sessions' outbound events.
+                "YAP_EDGE_ID": f"edge-{index}",
                 "YAP_EDGE_PORT": str(port),
                 "CONCURRENT_MODEL_CALL": "1" if mode == "concurrent" else "0",
             }
@@ -294,6 +297,10 @@ class System:
 
     async def _start_actor(self, kind: str, env: Mapping[str, str]) -> Any:
         """Start an actor and wait for its ready heartbeat, or fail at once if it exits."""
+        # A fresh id per start (the launcher's slot names): a restarted chat actor is
+        # told from the one it replaces.
+        self._starts += 1
+        env = {**env, "YAP_ACTOR_ID": f"{kind}-{self._starts}"}
         child = await self._child(f"{kind}-actor", ["actors", kind], env)
         ready = asyncio.ensure_future(self.beats.wait_new(kind, self._known, ACTOR_READY_S))
         exited = asyncio.ensure_future(child.wait())
