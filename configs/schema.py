@@ -144,6 +144,10 @@ class EngineConfig(_Base):
 class ChatConfig(EngineConfig):
     history_max_tokens: int = 3000
     user_utt_max_tokens: int = 350
+    # Once a reply is done, prefill the session's next prompt up to its utterance
+    # (this history + this exchange, in the canonical format of bus/history.py) with a
+    # low-priority warm request, cancelled by the session's next start.
+    warm_next_turn: bool = True
 
 
 class ToolConfig(EngineConfig):
