@@ -6,7 +6,10 @@
     ├── NatsServerError      nats-server is missing, failed to start or to get ready
     ├── StartupTimeout       a service did not get ready in time
     ├── ServiceExited        a service exited while it should have been running
-    └── AlreadyRunning       another launcher holds the pid file
+    ├── GaveUp               a service crashed too often; everything was stopped
+    ├── AlreadyRunning       another launcher holds the pid file
+    ├── PlanError            (launcher.plan) the config cannot run as asked
+    └── PortInUse            (launcher.preflight) a port it needs is taken
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import signal
 
 __all__ = [
     "AlreadyRunning",
+    "GaveUp",
     "LauncherError",
     "NatsServerError",
     "ServiceExited",
@@ -42,6 +46,10 @@ class ServiceExited(LauncherError):
         super().__init__(f"{name} exited unexpectedly ({describe_exit(code)})")
         self.name = name
         self.code = code
+
+
+class GaveUp(LauncherError):
+    """A service crashed ``launcher.max_crashes`` times within ``launcher.crash_window_s``."""
 
 
 class AlreadyRunning(LauncherError):
