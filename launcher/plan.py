@@ -56,6 +56,8 @@ class PortClaim:
     port: int
     what: str
     setting: str
+    # Who binds it: a launcher that runs only some roles checks only theirs.
+    role: Literal["nats", "actor", "edge", "launcher"] = "launcher"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +183,7 @@ def _ports(
     claims: list[PortClaim] = []
     edge = config.edge
     if edge.port:
-        claims.append(PortClaim(edge.host, edge.port, "edge", "edge.port, --edge-port"))
+        claims.append(PortClaim(edge.host, edge.port, "edge", "edge.port, --edge-port", "edge"))
     for node in nodes:
         suffix = "" if len(nodes) == 1 else f" + {node.index} (node {node.index})"
         if node.port:
@@ -200,6 +202,7 @@ def _ports(
                     node.monitor_port,
                     f"{node.name} monitoring",
                     f"nats_server.monitor_port{suffix}, --nats-monitor-port",
+                    "nats",
                 )
             )
         if node.cluster_port:
@@ -209,6 +212,7 @@ def _ports(
                     node.cluster_port,
                     f"{node.name} cluster routes",
                     f"nats_server.cluster_port{suffix}",
+                    "nats",
                 )
             )
     for slot in actors:
@@ -221,6 +225,7 @@ def _ports(
                     port,
                     f"{slot.name} metrics",
                     f"actor.{slot.kind}_metrics_port{suffix} (0 turns it off)",
+                    "actor",
                 )
             )
     launcher = config.launcher

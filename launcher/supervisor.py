@@ -277,7 +277,10 @@ class Launcher:
         began = loop.time()
         if options.preflight:
             # Only ports on this host: another host's ports are its own business.
-            check_ports(c for c in plan.ports if self._is_local_port(c.host))
+            runs = {"launcher", *(["nats"] if options.start_nats else [])}
+            runs |= {"actor"} if options.run_actors else set()
+            runs |= {"edge"} if options.run_edges else set()
+            check_ports(c for c in plan.ports if c.role in runs and self._is_local_port(c.host))
         authorization = ""
         if options.start_nats:
             # A locked-down bus: each process kind its own user and subjects, with
