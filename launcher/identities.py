@@ -11,7 +11,7 @@ all actors share the ``actor`` user; when permissions become one user per id, on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,7 +77,3 @@ def process_env(identity: Identity, credentials: BusCredentials | None) -> dict[
         env["YAP_BUS_USER"] = credentials.user
         env["YAP_BUS_PASSWORD"] = credentials.password
     return env
-
-
-def observer_of(credentials: Mapping[str, BusCredentials]) -> BusCredentials | None:
-    return credentials.get("observer")
