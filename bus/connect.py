@@ -64,6 +64,7 @@ async def connect(
         try:
             client = await nats.connect(
                 servers=list(config.urls),
+                dont_randomize=config.prefer_first,
                 name=name,
                 user=config.user,
                 password=config.password,

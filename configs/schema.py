@@ -88,6 +88,9 @@ class BusConfig(_Base):
     # Several nodes of one NATS cluster: connect to any, fail over to the others.
     # Empty means just `url`.
     servers: tuple[str, ...] = ()
+    # Try `servers` in the given order (each host's own node first) instead of
+    # shuffling them to spread clients over the cluster.
+    prefer_first: bool = False
     user: str | None = None
     password: str | None = None
     connect_timeout_s: float = 2.0

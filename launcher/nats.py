@@ -54,6 +54,8 @@ class ClusterSpec:
     routes: tuple[str, ...]
     user: str
     password: str
+    ping_interval_s: float = 1.0
+    ping_max: int = 2
 
 
 def find_nats_server() -> str:
@@ -316,6 +318,10 @@ class NatsServer:
             lines.insert(0, f"server_name: {json.dumps(self._server_name)}")
         cluster = self._cluster
         if cluster is not None:
+            # A node must notice a dead peer in seconds, not the default minutes:
+            # until it does, it keeps routing requests to the peer's subscribers.
+            lines.append(f"ping_interval: {json.dumps(f'{cluster.ping_interval_s:g}s')}")
+            lines.append(f"ping_max: {cluster.ping_max}")
             user, password = cluster.user, cluster.password
             routes = [f"nats-route://{user}:{password}@{route}" for route in cluster.routes]
             lines += [

@@ -193,6 +193,7 @@ def _ports(
                     node.port,
                     f"{node.name} clients",
                     f"nats_server.port{suffix}, --nats-port",
+                    "nats",
                 )
             )
         if node.monitor_port:

@@ -280,7 +280,7 @@ class Launcher:
             runs = {"launcher", *(["nats"] if options.start_nats else [])}
             runs |= {"actor"} if options.run_actors else set()
             runs |= {"edge"} if options.run_edges else set()
-            check_ports(c for c in plan.ports if c.role in runs and self._is_local_port(c.host))
+            check_ports(c for c in plan.ports if c.role in runs and c.role not in self._placed())
         authorization = ""
         if options.start_nats:
             # A locked-down bus: each process kind its own user and subjects, with
@@ -289,7 +289,14 @@ class Launcher:
         self._nodes = self._make_nodes(authorization)
         if self._nodes:
             urls = tuple(node.server.url for node in self._nodes)
-            bus = msgspec.structs.replace(config.bus, url=urls[0], servers=urls)
+            # Across hosts each process keeps to its own host's node (see _servers_env).
+            placed = any(node.name in options.hosts for node in plan.nodes)
+            bus = msgspec.structs.replace(
+                config.bus,
+                url=urls[0],
+                servers=urls,
+                prefer_first=config.bus.prefer_first or placed,
+            )
             self.effective_config = msgspec.structs.replace(config, bus=bus)
         write_config(self.config_path, self.effective_config)
         if config.launcher.metrics_port:
@@ -370,9 +377,23 @@ class Launcher:
         host = self._host(name)
         return host.address if host is not LOCAL and host.address else connect_host(bound)
 
-    def _is_local_port(self, host: str) -> bool:
-        placed = {h.address for h in self._options.hosts.values()}
-        return host not in placed
+    def _placed(self) -> set[str]:
+        """Roles with a slot on another host: their ports are that host's business."""
+        names = set(self._options.hosts)
+        plan = self.plan
+        placed = {"nats"} if names & {n.name for n in plan.nodes} else set()
+        placed |= {"actor"} if names & {a.name for a in plan.actors} else set()
+        placed |= {"edge"} if names & {e.name for e in plan.edges} else set()
+        return placed
+
+    def _servers_env(self, name: str) -> dict[str, str]:
+        """A slot on a host with a nats node dials that node first, then the others."""
+        host = self._host(name)
+        if host is LOCAL or not self._nodes:
+            return {}
+        local = [n.server.url for n in self._nodes if self._host(n.name) == host]
+        others = [n.server.url for n in self._nodes if n.server.url not in local]
+        return {"YAP_NATS_SERVERS": ",".join(local + others)}
 
     def _make_nodes(self, authorization: str) -> list[NatsService]:
         options, plan = self._options, self.plan
@@ -427,6 +448,7 @@ class Launcher:
     def _child_env(self, identity: Identity, extra: Mapping[str, str]) -> dict[str, str]:
         return {
             **self._env,
+            **self._servers_env(identity.id),
             **extra,
             **process_env(identity, self._credentials.get(identity.id)),
         }
