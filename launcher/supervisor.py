@@ -93,6 +93,9 @@ class LaunchOptions:
         stop_timeout_s: SIGTERM grace per child before SIGKILL.
         hosts: slot name -> where it runs (network namespaces in the tests);
             absent slots run here.
+        first_node: slot name -> the index of the nats node it dials first (a
+            benchmark puts the edge and the actors on different nodes of a cluster,
+            to measure the route hop); absent slots: their host's node.
         preflight: check every port of the plan before starting anything.
         seed: for the restart jitter (tests); None is random.
     """
@@ -110,6 +113,7 @@ class LaunchOptions:
     nats_ready_timeout_s: float = 15.0
     stop_timeout_s: float = 10.0
     hosts: Mapping[str, Host] = field(default_factory=dict)
+    first_node: Mapping[str, int] = field(default_factory=dict)
     preflight: bool = True
     seed: int | None = None
 
@@ -291,6 +295,7 @@ class Launcher:
             urls = tuple(node.server.url for node in self._nodes)
             # Across hosts each process keeps to its own host's node (see _servers_env).
             placed = any(node.name in options.hosts for node in plan.nodes)
+            placed = placed or bool(options.first_node)
             bus = msgspec.structs.replace(
                 config.bus,
                 url=urls[0],
@@ -387,11 +392,16 @@ class Launcher:
         return placed
 
     def _servers_env(self, name: str) -> dict[str, str]:
-        """A slot on a host with a nats node dials that node first, then the others."""
+        """A slot on a host with a nats node dials that node first, then the others
+        (or the node ``first_node`` names)."""
         host = self._host(name)
-        if host is LOCAL or not self._nodes:
+        first = self._options.first_node.get(name)
+        if not self._nodes or (host is LOCAL and first is None):
             return {}
-        local = [n.server.url for n in self._nodes if self._host(n.name) == host]
+        if first is not None:
+            local = [self._nodes[first].server.url]
+        else:
+            local = [n.server.url for n in self._nodes if self._host(n.name) == host]
         others = [n.server.url for n in self._nodes if n.server.url not in local]
         return {"YAP_NATS_SERVERS": ",".join(local + others)}
 
