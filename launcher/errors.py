@@ -6,7 +6,6 @@
     ├── NatsServerError      nats-server is missing, failed to start or to get ready
     ├── StartupTimeout       a service did not get ready in time
     ├── ServiceExited        a service exited while it should have been running
-    ├── GaveUp               a service crashed too often; everything was stopped
     ├── AlreadyRunning       another launcher holds the pid file
     ├── PlanError            (launcher.plan) the config cannot run as asked
     └── PortInUse            (launcher.preflight) a port it needs is taken
@@ -18,7 +17,6 @@ import signal
 
 __all__ = [
     "AlreadyRunning",
-    "GaveUp",
     "LauncherError",
     "NatsServerError",
     "ServiceExited",
@@ -46,10 +44,6 @@ class ServiceExited(LauncherError):
         super().__init__(f"{name} exited unexpectedly ({describe_exit(code)})")
         self.name = name
         self.code = code
-
-
-class GaveUp(LauncherError):
-    """A service crashed ``launcher.max_crashes`` times within ``launcher.crash_window_s``."""
 
 
 class AlreadyRunning(LauncherError):
