@@ -23,13 +23,12 @@ from configs import ConfigError, load_config
 from configs.schema import Config
 
 
-async def _run(config: Config, kind: Literal["tool", "chat"]) -> int:
+async def _run(config: Config, kind: Literal["tool", "chat"], actor_id: str) -> int:
     log = setup_logging(config.log.level, config.log.format, kind)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    actor_id = f"{kind}-{uuid.uuid4().hex[:10]}"
     engine = build_engine(config, kind)
     worker = (
         ToolWorker(config.tool, engine)
@@ -73,13 +72,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m actors", description=__doc__)
     parser.add_argument("kind", choices=["tool", "chat"])
     parser.add_argument("--config", help="TOML deployment file (default: the CPU config)")
+    parser.add_argument(
+        "--actor-id", help="this actor's id (default: $YAP_ACTOR_ID, else <kind>-<random hex>)"
+    )
     args = parser.parse_args()
+    # The launcher names replica slots (chat-1) so that an id survives restarts.
+    actor_id = (
+        args.actor_id or os.environ.get("YAP_ACTOR_ID") or f"{args.kind}-{uuid.uuid4().hex[:10]}"
+    )
     try:
         config = load_config(args.config, os.environ)
     except ConfigError as exc:
         sys.exit(f"actors: {exc}")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        sys.exit(runner.run(_run(config, args.kind)))
+        sys.exit(runner.run(_run(config, args.kind, actor_id)))
 
 
 if __name__ == "__main__":
