@@ -146,10 +146,11 @@ async def test_recovers_after_the_edge_restarts(system: System) -> None:
         async with run_pipeline(llm, start_within=30) as run:
             await run.send(context_frame(("user", "before")))
             await run.wait_responses(1, within=60)
-            edge = system.processes["edge"]
-            assert await edge.stop() == 0
+            # A clean stop (SIGTERM, exit 0) that nobody asked the launcher for: it
+            # closes our socket with 1001, and the launcher starts a new edge.
+            assert await system.processes["edge"].stop() == 0
             await proxy.wait_closes(1)  # the edge closed our socket on its way out
-            await edge.start()
+            await system.until_ready("edge", restarts=1, within=60)
             await run.send(context_frame(("user", "after")))
             texts = await run.wait_responses(2, within=90)
         assert proxy.connections == 2

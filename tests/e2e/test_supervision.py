@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -53,11 +52,8 @@ async def test_a_killed_actor_is_restarted_and_serves_again(
         assert time.monotonic() - asked_at < 1.0
         assert chat.state != "ready", "restarted too fast to see the gap; nothing was tested"
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _BACK_WITHIN_S
-        while chat.state != "ready":  # the launcher's own readiness: a ready heartbeat
-            assert loop.time() < deadline, "chat-0 did not come back"
-            await asyncio.sleep(0.05)
+        # The launcher's own readiness: a ready heartbeat from the new process.
+        await system.until_ready("chat-0", restarts=1, within=_BACK_WITHIN_S)
         assert chat.restarts == 1 and chat.pid not in (None, first_pid)
         assert chat.last_exit == "killed by SIGKILL"
         await ws.send(start_message(session_id, "are you back?"))

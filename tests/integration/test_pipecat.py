@@ -52,7 +52,7 @@ from tests.support.pipecat import (
     run_pipeline,
 )
 from tests.support.proxy import run_proxy
-from tests.support.stack import API_KEY, Stack, make_config, run_stack
+from tests.support.stack import API_KEY, Stack, client_warms, make_config, run_stack
 
 # The fake chat engine's reply: the utterance's first word, numbered, then "end.".
 REPLY_WORDS = 12
@@ -410,7 +410,8 @@ async def test_second_turn_reuses_the_session_on_one_socket(nats_server) -> None
             await run.wait_responses(2)
         chat = stack.engines("chat")[0]
         assert p.connections == 1
-        assert len(chat.warmed) == 1 and chat.prompts[0].startswith(chat.warmed[0])
+        warms = client_warms(chat)
+        assert len(warms) == 1 and chat.prompts[0].startswith(warms[0])
         assert f"User: first\nAssistant: {reply_of('first')}" in chat.prompts[1]
 
 
@@ -428,6 +429,7 @@ async def test_persona_update_sends_set_persona(nats_server) -> None:
         stored = await stack.edge.state.sessions.get(llm.session_id)
         chat = stack.engines("chat")[0]
     assert stored is not None and stored.persona_style == "savage"
-    assert len(chat.warmed) == 2 and STYLE_TEXTS["savage"] in chat.warmed[1]
+    warms = client_warms(chat)
+    assert len(warms) == 2 and STYLE_TEXTS["savage"] in warms[1]
     assert STYLE_TEXTS["savage"] in chat.prompts[1]
     assert STYLE_TEXTS["savage"] not in chat.prompts[0]

@@ -8,10 +8,15 @@ import uuid
 
 import pytest
 
-from actors.chat import NEXT_WARM_PREFIX
-from actors.engines.fake import FakeEngine
 from bus.history import append_turn
-from tests.support.stack import make_config, read_turn, recv_json, run_stack, start_message
+from tests.support.stack import (
+    client_warms,
+    make_config,
+    read_turn,
+    recv_json,
+    run_stack,
+    start_message,
+)
 
 
 def _types(frames: list[dict]) -> list[str]:
@@ -140,11 +145,6 @@ async def test_session_settings_persist(nats_server) -> None:
     assert first[0]["assistant_gender"] == second[0]["assistant_gender"] == "man"
     assert second[0]["persona_style"] == "nerdy"
     assert first[0]["seed"] == second[0]["seed"]
-
-
-def client_warms(engine: FakeEngine) -> list[str | None]:
-    """The warm requests the client asked for, not the chat actor's next-turn warms."""
-    return [rid for rid in engine.warm_request_ids if not (rid or "").startswith(NEXT_WARM_PREFIX)]
 
 
 async def test_set_persona_and_warm(nats_server) -> None:

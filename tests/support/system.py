@@ -32,8 +32,16 @@ class System:
     """A running system; ``processes`` names them as before the launcher ran them
     (``tool0``, ``chat1``, ``edge``), ``services`` by their slots (``chat-0``)."""
 
-    def __init__(self, launcher: Launcher, nats_url: str, workdir: Path, tools: int) -> None:
+    def __init__(
+        self,
+        launcher: Launcher,
+        nats_url: str,
+        workdir: Path,
+        tools: int,
+        changes: asyncio.Condition,
+    ) -> None:
         self.launcher = launcher
+        self._changes = changes
         self.nats_url = nats_url
         self.workdir = workdir
         self.edge_port = launcher.effective_config.edge.port
@@ -77,6 +85,21 @@ class System:
 
     async def kill(self, name: str) -> None:
         await self.services[self.slot(name)].kill()
+
+    async def until_ready(self, name: str, *, restarts: int, within: float) -> None:
+        """Wait until slot ``name`` is ready after at least ``restarts`` restarts.
+
+        Woken by the launcher's own change callback, so no polling; counting restarts
+        keeps a slot that has not yet noticed its process died from passing as back.
+
+        Raises:
+            TimeoutError: it was not back within ``within`` seconds.
+        """
+        service = self.services[self.slot(name)]
+        async with asyncio.timeout(within), self._changes:
+            await self._changes.wait_for(
+                lambda: service.state == "ready" and service.restarts >= restarts
+            )
 
     async def actor_load(self, within: float = 10.0) -> dict[str, int]:
         """Running engine requests per live actor, once every actor reports zero.
@@ -188,5 +211,17 @@ async def run_system(
         actor_ready_timeout_s=_READY_TIMEOUT_S,
         edge_ready_timeout_s=_READY_TIMEOUT_S,
     )
-    async with Launcher(config, os.environ, options) as launcher:
-        yield System(launcher, nats_url, workdir, tools if config.models.tool else 0)
+    changes = asyncio.Condition()
+
+    def changed() -> None:
+        # The launcher calls back synchronously; wake the waiters from a task.
+        async def notify() -> None:
+            async with changes:
+                changes.notify_all()
+
+        notifiers.add(task := asyncio.ensure_future(notify()))
+        task.add_done_callback(notifiers.discard)
+
+    notifiers: set[asyncio.Future[None]] = set()
+    async with Launcher(config, os.environ, options, on_change=changed) as launcher:
+        yield System(launcher, nats_url, workdir, tools if config.models.tool else 0, changes)
