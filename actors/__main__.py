@@ -81,11 +81,12 @@ def main() -> None:
     parser.add_argument("kind", choices=["tool", "chat"])
     parser.add_argument("--config", help="TOML deployment file (default: the CPU config)")
     parser.add_argument(
-        "--actor-id", help="this actor's id on the bus (default: $YAP_ACTOR_ID, else random)"
+        "--actor-id", help="this actor's id (default: $YAP_ACTOR_ID, else <kind>-<random hex>)"
     )
     args = parser.parse_args()
     try:
         config = load_config(args.config, os.environ)
+        # The launcher names replica slots (chat-1) so that an id survives restarts.
         actor_id = validate_id(
             args.actor_id
             or os.environ.get("YAP_ACTOR_ID")

@@ -13,8 +13,9 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -40,15 +41,34 @@ from bus.events import (
 )
 from configs.schema import ActorConfig, BusConfig
 
-__all__ = ["ActorService", "Worker"]
+__all__ = ["ActorService", "Spawn", "Worker"]
 
 _TOMBSTONES = 4096  # cancels remembered for turns whose start has not arrived yet
+
+
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
 
 class Worker(Protocol):
     """The kind-specific half of an actor."""
 
     kind: ActorKind
+
+    async def open(self, spawn: Spawn | None = None) -> None:
+        """Get ready to serve, once the engine has started (build prompt encoders).
+
+        ``spawn`` runs a coroutine as a background task of the service (warm requests
+        of the worker's own): cancelled when the service stops.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release what ``open`` built; called before the engine closes."""
+        ...
+
+    def pending(self) -> int:
+        """Requests of the worker's own (warms) spawned but not yet in the engine."""
+        ...
 
     async def run_turn(self, event: ToolStart | ChatStart, emit: TurnEmitter) -> None:
         """Generate and publish the leg's events, ending with ``emit.done``.
@@ -113,6 +133,7 @@ class ActorService:
         self._spawn(self._heartbeat_loop())
         loaded = time.monotonic()
         await self.engine.start()
+        await self._worker.open(self._spawn)
         kind = self.kind
         start_subject = subjects.all_tool_starts() if kind == "tool" else subjects.all_chat_starts()
         queue = subjects.QUEUE_TOOL if kind == "tool" else subjects.QUEUE_CHAT
@@ -160,6 +181,7 @@ class ActorService:
             await self._nc.drain()
         except Exception as exc_:
             self._log.warning("bus drain failed: %r", exc_)
+        await self._worker.close()
         await self.engine.close()
         self._log.info("%s actor stopped", self.kind)
 
@@ -392,7 +414,9 @@ class ActorService:
             actor_id=self.actor_id,
             kind=self.kind,
             interval_s=self._config.heartbeat_interval_s,
-            running=self.engine.running(),
+            # What the engine runs, and the worker's warms about to reach it: idle
+            # means nothing is about to start either.
+            running=self.engine.running() + self._worker.pending(),
             ready=self._ready,
             draining=self._draining,
             instance=self.instance,
@@ -404,10 +428,11 @@ class ActorService:
         except Exception as exc:
             self._log.debug("heartbeat not sent: %r", exc)
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._group.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _reply(self, msg: Msg, reply: Accepted | Rejected | Warmed) -> None:
         if msg.reply:

@@ -1,15 +1,29 @@
-"""ToolActor's worker: the Hammer prompt in, a yes/no tool decision out."""
+"""ToolActor's worker: the Hammer prompt in, a yes/no tool decision out.
+
+The prompt goes to the engine as token ids from cached units
+(``actors.prompts.hammer.ToolPrompts``): the instruction, tool and format sections
+are encoded once per process, a session's history lines once, a turn its query. The
+decision is published at the first token that settles it, and with ``early_stop``
+the request is aborted there: in sequential mode the edge starts the chat leg on
+that event, in concurrent mode it releases the held chat tokens on it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from actors.emitter import TurnEmitter
 from actors.engines.base import Engine, EngineOutput, sampling_spec
-from actors.prompts.hammer import TAKE_SCREENSHOT_TOOL, build_tool_prompt
+from actors.prompts.hammer import TAKE_SCREENSHOT_TOOL, ToolPrompts
 from actors.prompts.toolparse import ToolDecider, ToolDecision
+from actors.prompts.units import UnitEncoder, prompt_pool
 from bus.events import ChatStart, ToolStart, Warm, Warmed, request_id
 from configs.schema import ToolConfig
+
+if TYPE_CHECKING:
+    from actors.service import Spawn
 
 __all__ = ["ToolWorker"]
 
@@ -23,16 +37,33 @@ class ToolWorker:
         self._config = config
         self._engine = engine
         self._sampling = sampling_spec(config.sampling, config.max_out)
+        self._pool: ThreadPoolExecutor | None = None
+        self._prompts: ToolPrompts | None = None
+
+    async def open(self, spawn: Spawn | None = None) -> None:
+        """Build the prompt encoder; the engine is started."""
+        self._pool = prompt_pool("tool")
+        self._prompts = self._new_prompts(self._pool)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def pending(self) -> int:
+        """Requests about to reach the engine outside a turn: the tool actor has none."""
+        return 0
+
+    @property
+    def prompts(self) -> ToolPrompts:
+        if self._prompts is None:  # not opened (a bare worker in a test): encode inline
+            self._prompts = self._new_prompts(None)
+        return self._prompts
 
     async def run_turn(self, event: ToolStart | ChatStart, emit: TurnEmitter) -> None:
         config = self._config
-        prompt = build_tool_prompt(
-            self._engine.tokenizer,
-            user_utterance=event.user_utterance,
-            history_text=event.history_text,
-            history_max_tokens=config.history_max_tokens,
-            user_utt_max_tokens=config.user_utt_max_tokens,
-            tools=_TOOLS,
+        prompt_ids = await self.prompts.turn(
+            user_utterance=event.user_utterance, history_text=event.history_text
         )
         rid = request_id("tool", event.session_id, event.turn_id)
         decider = ToolDecider(_TOOLS)
@@ -40,7 +71,7 @@ class ToolWorker:
         last: EngineOutput | None = None
         try:
             async for output in self._engine.generate(
-                prompt, self._sampling, rid, priority=config.priority
+                prompt_ids, self._sampling, rid, priority=config.priority
             ):
                 last = output
                 if decision is not None:
@@ -66,3 +97,11 @@ class ToolWorker:
 
     async def warm(self, event: Warm) -> Warmed:
         raise NotImplementedError("the tool actor has no prefix to warm")
+
+    def _new_prompts(self, pool: ThreadPoolExecutor | None) -> ToolPrompts:
+        return ToolPrompts(
+            UnitEncoder(self._engine.tokenizer, pool),
+            history_max_tokens=self._config.history_max_tokens,
+            user_utt_max_tokens=self._config.user_utt_max_tokens,
+            tools=_TOOLS,
+        )

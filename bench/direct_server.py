@@ -126,7 +126,9 @@ class DirectServer:
         if turn.cancelled:
             return  # cancelled before it began: the engine never saw it
         last = None
-        async for output in self._engine.generate(prompt, self._sampling, turn.request_id):
+        # The bench engine's tokenizer is one id per character: nothing to measure here.
+        prompt_ids = self._engine.tokenizer.encode(prompt, add_special_tokens=False)
+        async for output in self._engine.generate(prompt_ids, self._sampling, turn.request_id):
             last = output
             if turn.cancelled:
                 continue  # the abort output comes next and ends the stream

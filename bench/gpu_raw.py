@@ -1,30 +1,36 @@
-"""Raw vLLM benchmark: the tool and chat engines side by side on one GPU, no bus.
+"""Raw engines benchmark: the tool and chat engines side by side, no bus, no edge.
 
 Both engines start as the actors start them (``VllmEngine``: tool at 0.20 of the
-GPU's memory, then chat at 0.70; fp8 weights and KV cache by default), then requests
-go straight to each ``AsyncLLM`` with ``ignore_eos`` so that every answer has exactly
-its token budget, whatever random weights sample. Prompts are built by the actors'
-own prompt code (Hammer prompt for the tool, ChatML persona + history + utterance
-for chat) with the model's tokenizer:
+GPU's memory, then chat at 0.70; fp8 weights and KV cache by default), and requests
+go to each engine's ``generate`` as the actors send them: token ids built by the
+actors' own prompt code (``ToolPrompts`` / ``ChatPrompts``) *before* the clock
+starts, ids-only decoding, ``ignore_eos`` so every answer has its token budget.
+What the full stack adds (``bench.gpu_fullstack``) is then everything around the
+engine: JSON, the edge, NATS, the actors' loops and prompt building.
 
 * persona ~900 tokens, the same for every session (warmed once, as sessions do);
 * history ~1500 tokens, different per session and per scenario (cold on turn 1);
 * utterance ~30 tokens; chat answers 200 tokens; the tool answers 10 tokens, or 2
-  (the actor's early stop once the yes/no decision is known).
+  (the actor's early stop once the yes/no decision is known);
+* each scenario runs N sessions for ``--turns`` turns: all N start a turn at the
+  same instant (a burst), and the next turn starts ``--think-s`` after the last
+  session's reply ended (the user speaking). A turn's history is the previous one
+  plus that exchange in the canonical format (``bus.history``), the reply being the
+  text the engine streamed: turn 2 on reuses persona and history from the cache.
+* ``sequential`` starts chat after the tool's answer (the default deployment);
+  ``concurrent`` sends both at once (``concurrent_model_call``).
 
-Each scenario runs N sessions at once, each two turns in a row: turn 2's history is
-turn 1's plus that exchange, so it reuses persona + history from the prefix cache.
-``sequential`` starts chat after the tool's answer (the default deployment);
-``concurrent`` sends both at once (``concurrent_model_call``).
+Figures per scenario and turn, p50/p95 over the sessions: tool decision (submit to
+last tool token), chat TTFT (chat submit to first text), turn TTFT (turn start to
+first chat text: what a caller waits), TPOT, ITL p95, prompt and cached tokens.
 
-Figures per scenario and turn, p50/p95 over the session turns: tool decision
-latency (submit to last tool token), chat TTFT (chat submit to first token), turn
-TTFT (turn start to first chat token: what a caller waits), TPOT (per request,
-(last - first token) / (tokens - 1)) and the p95 of all inter-token gaps.
+``--backend transformers`` runs the same on the tiny CPU models: a dry run of every
+path (``scripts/gpu/fullstack.sh`` with ``DRY_RUN=1``), not a benchmark.
 
 Usage (on the GPU machine; models default to random-weight checkpoints)::
 
     python -m bench.gpu_raw --sessions 1,16 --out results.json
+    python -m bench.gpu_raw --sessions 16 --chat-model random:mistral-nemo-12b
 """
 
 from __future__ import annotations
@@ -40,14 +46,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from actors.engines.base import SamplingSpec, sampling_spec
-from actors.engines.vllm_engine import VllmEngine, engine_args, sampling_kwargs
-from actors.prompts.chat import build_chat_prompt, persona_warm_prompt
-from actors.prompts.hammer import build_tool_prompt
+from actors.engines.base import Engine, SamplingSpec, sampling_spec
+from actors.prompts.chat import ChatPrompts
+from actors.prompts.hammer import ToolPrompts
+from actors.prompts.units import UnitEncoder
+from bus.history import Role, append_message, append_turn
 from bus.stats import percentile
-from configs.schema import ChatConfig, SamplingConfig, ToolConfig
+from configs.schema import ChatConfig, EngineBackend, SamplingConfig, ToolConfig
+
+__all__ = [
+    "CHAT_SAMPLING",
+    "Workload",
+    "history_of",
+    "main",
+    "summary_ms",
+    "text_of_tokens",
+    "words",
+]
 
 _WORD_TEXT = (
     "the a and to of in that it is was for on with as I you he she we they at be this "
@@ -62,6 +80,8 @@ WORDS = tuple(_WORD_TEXT.split())
 CHAT_SAMPLING = SamplingConfig(
     temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1, ignore_eos=True
 )
+PERSONA_LEAD = "You are June, a warm companion. "
+UTTERANCE_LEAD = "Hey, "
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,8 +89,9 @@ class Workload:
     persona_tokens: int = 900
     history_tokens: int = 1500
     utterance_tokens: int = 30
-    reply_tokens: int = 200
     chat_out: int = 200
+    turns: int = 3
+    think_s: float = 0.5
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -84,6 +105,7 @@ class Timing:
     gaps: list[float] = dataclasses.field(default_factory=list)  # per token, seconds
     cached: int = 0
     prompt_tokens: int = 0
+    text: str = ""
 
 
 def words(rng: random.Random, count: int) -> str:
@@ -106,13 +128,15 @@ def text_of_tokens(tokenizer: Any, rng: random.Random, tokens: int, prefix: str 
 
 
 def history_of(tokenizer: Any, rng: random.Random, tokens: int) -> str:
-    lines, total = [], 0
+    """A canonical history (``bus.history``) of about ``tokens`` tokens."""
+    history, total = "", 0
+    role: Role = "user"
     while total < tokens:
-        speaker = "User" if len(lines) % 2 == 0 else "Assistant"
-        line = f"{speaker}: {words(rng, rng.randint(12, 40))}"
-        lines.append(line)
-        total += len(tokenizer.encode(line + "\n", add_special_tokens=False))
-    return "\n".join(lines)
+        before = len(history)
+        history = append_message(history, role, words(rng, rng.randint(12, 40)))
+        total += len(tokenizer.encode(history[before:], add_special_tokens=False))
+        role = "assistant" if role == "user" else "user"
+    return history
 
 
 def summary_ms(values: Sequence[float]) -> dict[str, float]:
@@ -127,146 +151,122 @@ def summary_ms(values: Sequence[float]) -> dict[str, float]:
 
 
 class Bench:
-    def __init__(self, tool: VllmEngine, chat: VllmEngine, workload: Workload) -> None:
-        from vllm import SamplingParams
-        from vllm.inputs import tokens_input
-        from vllm.sampling_params import RequestOutputKind
-
+    def __init__(self, tool: Engine, chat: Engine, workload: Workload) -> None:
         self.tool = tool
         self.chat = chat
         self.workload = workload
-        self._params = SamplingParams
-        self._delta = RequestOutputKind.DELTA
-        self._tokens_input = tokens_input
+        self.chat_prompts = ChatPrompts(UnitEncoder(chat.tokenizer), history_max_tokens=3000)
+        self.tool_prompts = ToolPrompts(UnitEncoder(tool.tokenizer), history_max_tokens=300)
         rng = random.Random(0)
-        self.persona = text_of_tokens(
-            chat.tokenizer, rng, workload.persona_tokens, "You are June, a warm companion. "
-        )
-
-    def params(self, spec: SamplingSpec) -> Any:
-        return self._params(**sampling_kwargs(spec), output_kind=self._delta)
+        self.persona = text_of_tokens(chat.tokenizer, rng, workload.persona_tokens, PERSONA_LEAD)
 
     async def request(
-        self, engine: VllmEngine, prompt: str, spec: SamplingSpec, request_id: str
+        self, engine: Engine, prompt_ids: list[int], spec: SamplingSpec, request_id: str
     ) -> Timing:
-        submit = time.perf_counter()
-        ids = engine.tokenizer.encode(prompt, add_special_tokens=False)
-        timing = Timing(submit=submit, prompt_tokens=len(ids))
-        stream = engine.async_llm.generate(
-            self._tokens_input(ids, prompt=prompt), self.params(spec), request_id
-        )
+        timing = Timing(submit=time.perf_counter(), prompt_tokens=len(prompt_ids))
         previous = 0.0
-        async for out in stream:
+        pieces: list[str] = []
+        async for out in engine.generate(prompt_ids, spec, request_id):
             now = time.perf_counter()
-            new = len(out.outputs[0].token_ids)
-            if new == 0:
+            new = out.completion_tokens - timing.tokens
+            if new <= 0 or not out.text:
+                timing.tokens = max(timing.tokens, out.completion_tokens)
                 continue
-            if timing.tokens == 0:
+            if not pieces:
                 timing.first = now
-                timing.cached = out.num_cached_tokens or 0
+                timing.cached = out.cached_tokens
             else:
                 timing.gaps.extend([(now - previous) / new] * new)
+            pieces.append(out.text)
             previous = timing.last = now
-            timing.tokens += new
+            timing.tokens = out.completion_tokens
+        timing.text = "".join(pieces)
         return timing
 
     async def turn(
         self, *, rid: str, mode: str, tool_tokens: int, history: str, utterance: str
-    ) -> dict[str, Timing | float]:
-        tool_prompt = build_tool_prompt(
-            self.tool.tokenizer,
-            user_utterance=utterance,
-            history_text=history,
-            history_max_tokens=300,
+    ) -> dict[str, Any]:
+        # Built before the clock: raw is the engines alone.
+        tool_ids = await self.tool_prompts.turn(user_utterance=utterance, history_text=history)
+        chat_ids = await self.chat_prompts.turn(
+            persona_text=self.persona, history_text=history, user_utterance=utterance
         )
-        chat_prompt = build_chat_prompt(
-            self.chat.tokenizer,
-            persona_text=self.persona,
-            history_text=history,
-            user_utterance=utterance,
-            history_max_tokens=3000,
-        ).text
         tool_spec = SamplingSpec(max_tokens=tool_tokens, ignore_eos=True)
         chat_spec = sampling_spec(CHAT_SAMPLING, self.workload.chat_out)
         start = time.perf_counter()
         if mode == "sequential":
-            tool = await self.request(self.tool, tool_prompt, tool_spec, f"{rid}-tool")
-            chat = await self.request(self.chat, chat_prompt, chat_spec, f"{rid}-chat")
+            tool = await self.request(self.tool, tool_ids, tool_spec, f"{rid}-tool")
+            chat = await self.request(self.chat, chat_ids, chat_spec, f"{rid}-chat")
         else:
             tool, chat = await asyncio.gather(
-                self.request(self.tool, tool_prompt, tool_spec, f"{rid}-tool"),
-                self.request(self.chat, chat_prompt, chat_spec, f"{rid}-chat"),
+                self.request(self.tool, tool_ids, tool_spec, f"{rid}-tool"),
+                self.request(self.chat, chat_ids, chat_spec, f"{rid}-chat"),
             )
         return {"start": start, "tool": tool, "chat": chat}
 
-    async def session(
-        self, *, scenario: str, index: int, mode: str, tool_tokens: int
-    ) -> list[dict[str, Timing | float]]:
-        rng = random.Random(f"{scenario}/{index}")
-        tokenizer = self.chat.tokenizer
-        history = history_of(tokenizer, rng, self.workload.history_tokens)
-        turns = []
-        for turn in (1, 2):
-            utterance = text_of_tokens(tokenizer, rng, self.workload.utterance_tokens)
-            turns.append(
-                await self.turn(
-                    rid=f"{scenario}-{index}-{turn}",
-                    mode=mode,
-                    tool_tokens=tool_tokens,
-                    history=history,
-                    utterance=utterance,
-                )
-            )
-            reply = text_of_tokens(tokenizer, rng, self.workload.reply_tokens)
-            history = f"{history}\nUser: {utterance}\nAssistant: {reply}"
-        return turns
-
     async def scenario(self, *, mode: str, sessions: int, tool_tokens: int) -> list[dict]:
         name = f"{mode}-{sessions}-{tool_tokens}-{time.monotonic_ns()}"
+        workload = self.workload
+        tokenizer = self.chat.tokenizer
+        rngs = [random.Random(f"{name}/{i}") for i in range(sessions)]
+        histories = [history_of(tokenizer, rng, workload.history_tokens) for rng in rngs]
         began = time.perf_counter()
-        results = await asyncio.gather(
-            *(
-                self.session(scenario=name, index=i, mode=mode, tool_tokens=tool_tokens)
-                for i in range(sessions)
-            )
-        )
-        wall = time.perf_counter() - began
         rows = []
-        for turn in (1, 2):
-            records = [turns[turn - 1] for turns in results]
-            tools = [r["tool"] for r in records]
-            chats = [r["chat"] for r in records]
-            rows.append(
-                {
-                    "mode": mode,
-                    "sessions": sessions,
-                    "tool_tokens": tool_tokens,
-                    "turn": turn,
-                    "wall_s": round(wall, 2),
-                    "tool_ms": summary_ms([t.last - t.submit for t in tools]),
-                    "chat_ttft_ms": summary_ms([c.first - c.submit for c in chats]),
-                    "turn_ttft_ms": summary_ms(
-                        [c.first - r["start"] for r, c in zip(records, chats, strict=True)]
-                    ),
-                    "tpot_ms": summary_ms(
-                        [(c.last - c.first) / (c.tokens - 1) for c in chats if c.tokens > 1]
-                    ),
-                    "itl_p95_ms": summary_ms([g for c in chats for g in c.gaps])["p95"],
-                    "chat_prompt_tokens": round(sum(c.prompt_tokens for c in chats) / len(chats)),
-                    "chat_cached_tokens": round(sum(c.cached for c in chats) / len(chats)),
-                    "tool_prompt_tokens": round(sum(t.prompt_tokens for t in tools) / len(tools)),
-                    "tool_cached_tokens": round(sum(t.cached for t in tools) / len(tools)),
-                    "chat_tokens_out": round(sum(c.tokens for c in chats) / len(chats)),
-                    "tool_tokens_out": round(sum(t.tokens for t in tools) / len(tools)),
-                }
+        for turn in range(1, workload.turns + 1):
+            if turn > 1:
+                await asyncio.sleep(workload.think_s)  # the users speak
+            utterances = [
+                text_of_tokens(tokenizer, rng, workload.utterance_tokens, UTTERANCE_LEAD)
+                for rng in rngs
+            ]
+            records = await asyncio.gather(
+                *(
+                    self.turn(
+                        rid=f"{name}-{i}-{turn}",
+                        mode=mode,
+                        tool_tokens=tool_tokens,
+                        history=histories[i],
+                        utterance=utterances[i],
+                    )
+                    for i in range(sessions)
+                )
             )
+            rows.append(self._row(mode, sessions, tool_tokens, turn, records))
+            for i, record in enumerate(records):
+                histories[i] = append_turn(histories[i], utterances[i], record["chat"].text)
+        for row in rows:
+            row["wall_s"] = round(time.perf_counter() - began, 2)
         return rows
 
+    @staticmethod
+    def _row(mode: str, sessions: int, tool_tokens: int, turn: int, records: list) -> dict:
+        tools = [r["tool"] for r in records]
+        chats = [r["chat"] for r in records]
+        return {
+            "mode": mode,
+            "sessions": sessions,
+            "tool_tokens": tool_tokens,
+            "turn": turn,
+            "tool_ms": summary_ms([t.last - t.submit for t in tools]),
+            "chat_ttft_ms": summary_ms([c.first - c.submit for c in chats]),
+            "turn_ttft_ms": summary_ms([r["chat"].first - r["start"] for r in records]),
+            "tpot_ms": summary_ms(
+                [(c.last - c.first) / (c.tokens - 1) for c in chats if c.tokens > 1]
+            ),
+            "itl_p95_ms": summary_ms([g for c in chats for g in c.gaps])["p95"],
+            "chat_prompt_tokens": round(sum(c.prompt_tokens for c in chats) / len(chats)),
+            "chat_cached_tokens": round(sum(c.cached for c in chats) / len(chats)),
+            "tool_prompt_tokens": round(sum(t.prompt_tokens for t in tools) / len(tools)),
+            "tool_cached_tokens": round(sum(t.cached for t in tools) / len(tools)),
+            "chat_tokens_out": round(sum(c.tokens for c in chats) / len(chats)),
+            "tool_tokens_out": round(sum(t.tokens for t in tools) / len(tools)),
+        }
+
     async def warm_up(self, sessions: int) -> None:
-        """Prime the persona and Hammer prefixes, then run one throwaway scenario at the
-        largest session count, so no batch shape meets a first-time compile when timed."""
-        await self.chat.warm(persona_warm_prompt(self.chat.tokenizer, self.persona))
-        await self.scenario(mode="concurrent", sessions=sessions, tool_tokens=10)
+        """Prime the persona prefix, then run one throwaway scenario at the largest
+        session count, so no batch shape meets a first-time compile when timed."""
+        await self.chat.warm(await self.chat_prompts.persona_prefix(persona_text=self.persona))
+        await self.scenario(mode="concurrent", sessions=sessions, tool_tokens=2)
 
 
 def device_name() -> str:
@@ -305,9 +305,10 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+def build_engines(args: argparse.Namespace, chat_model: str) -> tuple[Engine, Engine]:
+    backend: EngineBackend = args.backend
     engine: dict[str, Any] = {
-        "backend": "vllm",
+        "backend": backend,
         "model_cache_dir": args.cache_dir,
         "kv_dtype": args.kv_dtype,
         "quantization": args.quantization,
@@ -316,60 +317,110 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "enforce_eager": args.enforce_eager,
     }
     tool_config = ToolConfig(model=args.tool_model, **engine)
-    chat_config = ChatConfig(model=args.chat_model, sampling=CHAT_SAMPLING, **engine)
-    tool = VllmEngine(tool_config, gpu_frac=args.tool_frac)
-    chat = VllmEngine(chat_config, gpu_frac=args.chat_frac)
-    starts = {}
+    chat_config = ChatConfig(model=chat_model, sampling=CHAT_SAMPLING, **engine)
+    if backend == "vllm":
+        from actors.engines.vllm_engine import VllmEngine
+
+        return (
+            VllmEngine(tool_config, gpu_frac=args.tool_frac),
+            VllmEngine(chat_config, gpu_frac=args.chat_frac),
+        )
+    from actors.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(tool_config), TransformersEngine(chat_config)
+
+
+async def timed_start(engine: Engine) -> float:
     began = time.perf_counter()
-    await tool.start()
-    starts["tool_s"] = round(time.perf_counter() - began, 1)
-    began = time.perf_counter()
-    await chat.start()
-    starts["chat_s"] = round(time.perf_counter() - began, 1)
-    print(f"engines started: {starts}", flush=True)
+    await engine.start()
+    return round(time.perf_counter() - began, 1)
+
+
+class Results:
+    """The run's results, rewritten after every scenario: a run cut short keeps them."""
+
+    def __init__(self, path: str | None, header: dict[str, Any]) -> None:
+        self._path = path
+        self.data: dict[str, Any] = {**header, "engine_start": {}, "rows": []}
+
+    def add(self, rows: list[dict], **labels: Any) -> None:
+        for row in rows:
+            self.data["rows"].append({**labels, **row})
+        self.save()
+
+    def save(self) -> None:
+        if self._path:
+            Path(self._path).write_text(json.dumps(self.data, indent=2))
+
+
+async def run_model(
+    args: argparse.Namespace,
+    results: Results,
+    tool: Engine,
+    chat_model: str,
+    sessions: list[int],
+    workload: Workload,
+) -> None:
+    _, chat = build_engines(args, chat_model)
+    results.data["engine_start"][f"chat {chat_model}"] = await timed_start(chat)
+    print(f"engines ready: {results.data['engine_start']}", flush=True)
     try:
-        bench = Bench(tool, chat, Workload(chat_out=args.chat_out))
-        await bench.warm_up(max(args.sessions))
-        rows = []
-        for sessions in args.sessions:
+        bench = Bench(tool, chat, workload)
+        await bench.warm_up(max(sessions))
+        for count in sessions:
             for mode in args.modes:
                 for tool_tokens in args.tool_tokens:
-                    scenario_rows = await bench.scenario(
-                        mode=mode, sessions=sessions, tool_tokens=tool_tokens
-                    )
-                    rows.extend(scenario_rows)
-                    print(table(scenario_rows).splitlines()[-2], flush=True)
-                    print(table(scenario_rows).splitlines()[-1], flush=True)
+                    rows = await bench.scenario(mode=mode, sessions=count, tool_tokens=tool_tokens)
+                    results.add(rows, chat_model=chat_model)
+                    print("\n".join(table(rows).splitlines()[2:]), flush=True)
     finally:
         await chat.close()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    workload = Workload(
+        persona_tokens=args.persona_tokens,
+        history_tokens=args.history_tokens,
+        chat_out=args.chat_out,
+        turns=args.turns,
+        think_s=args.think_s,
+    )
+    results = Results(
+        args.out,
+        {
+            "device": device_name(),
+            "host": platform.node(),
+            "backend": args.backend,
+            "command": " ".join([sys.executable, "-m", "bench.gpu_raw", *sys.argv[1:]]),
+            "env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
+            "models": {"tool": args.tool_model, "chat": [args.chat_model, *args.extra_chat_model]},
+            "workload": dataclasses.asdict(workload),
+            "chat_sampling": _builtins(CHAT_SAMPLING),
+        },
+    )
+    tool, _ = build_engines(args, args.chat_model)
+    results.data["engine_start"]["tool"] = await timed_start(tool)
+    if args.backend == "vllm":
+        from actors.engines.vllm_engine import engine_args
+
+        results.data["engine_args"] = {
+            "tool": engine_args(tool._config, gpu_frac=args.tool_frac),  # type: ignore[attr-defined]
+        }
+    try:
+        await run_model(args, results, tool, args.chat_model, args.sessions, workload)
+        for model in args.extra_chat_model:
+            await run_model(args, results, tool, model, args.extra_sessions, workload)
+    finally:
         await tool.close()
+    if args.backend == "vllm":
+        import vllm
 
-    import vllm
-
-    return {
-        "device": device_name(),
-        "host": platform.node(),
-        "vllm": vllm.__version__,
-        "command": " ".join([sys.executable, "-m", "bench.gpu_raw", *sys.argv[1:]]),
-        "env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
-        "engine_start": starts,
-        "models": {
-            "tool": args.tool_model,
-            "chat": args.chat_model,
-            "tool_path": tool.model_path,
-            "chat_path": chat.model_path,
-        },
-        "engine_args": {
-            "tool": engine_args(tool_config, gpu_frac=args.tool_frac, model_path=tool.model_path),
-            "chat": engine_args(chat_config, gpu_frac=args.chat_frac, model_path=chat.model_path),
-        },
-        "workload": dataclasses.asdict(Workload(chat_out=args.chat_out)),
-        "chat_sampling": msgspec_to_dict(CHAT_SAMPLING),
-        "rows": rows,
-    }
+        results.data["vllm"] = vllm.__version__
+    results.save()
+    return results.data
 
 
-def msgspec_to_dict(value: Any) -> dict[str, Any]:
+def _builtins(value: Any) -> Any:
     import msgspec
 
     return msgspec.to_builtins(value)
@@ -379,20 +430,32 @@ def int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.gpu_raw", description=__doc__.split("\n\n")[0]
     )
+    parser.add_argument("--backend", default="vllm", choices=("vllm", "transformers"))
     parser.add_argument("--tool-model", default="random:qwen2.5-1.5b")
     parser.add_argument("--chat-model", default="random:llama-3.1-8b")
     parser.add_argument(
+        "--extra-chat-model",
+        action="append",
+        default=[],
+        help="after the main runs, restart the chat engine with this model (repeatable)",
+    )
+    parser.add_argument("--extra-sessions", type=int_list, default=[16])
+    parser.add_argument(
         "--cache-dir", default=os.environ.get("YAP_MODEL_CACHE", "~/.cache/yap-bus")
     )
-    parser.add_argument("--sessions", type=int_list, default=[1, 8, 16, 32])
+    parser.add_argument("--sessions", type=int_list, default=[1, 16])
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=["sequential", "concurrent"]
     )
     parser.add_argument("--tool-tokens", type=int_list, default=[10, 2])
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--think-s", type=float, default=0.5)
+    parser.add_argument("--persona-tokens", type=int, default=900)
+    parser.add_argument("--history-tokens", type=int, default=1500)
     parser.add_argument("--chat-out", type=int, default=200)
     parser.add_argument("--tool-frac", type=float, default=0.20)
     parser.add_argument("--chat-frac", type=float, default=0.70)
@@ -403,24 +466,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.backend == "transformers" and args.kv_dtype == "fp8":
+        args.kv_dtype = "auto"  # a CPU dry run: the GPU knobs do not apply
+    return args
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     result = asyncio.run(run(args))
     print()
-    print(
-        f"device: {result['device']}  vLLM {result['vllm']}  engine start {result['engine_start']}"
-    )
-    tool_args, chat_args = result["engine_args"]["tool"], result["engine_args"]["chat"]
-    print(
-        f"tool {args.tool_model} @ {tool_args['gpu_memory_utilization']}, "
-        f"chat {args.chat_model} @ {chat_args['gpu_memory_utilization']}; "
-        f"quantization {chat_args['quantization']}, kv {chat_args['kv_cache_dtype']}, "
-        f"max_len {chat_args['max_model_len']}, "
-        f"max_num_batched_tokens {chat_args.get('max_num_batched_tokens', 'vLLM default')}"
-    )
+    print(f"device: {result['device']}  engine start {result['engine_start']}")
     print(table(result["rows"]))
-    if args.out:
-        with open(args.out, "w") as out:
-            json.dump(result, out, indent=2)
     return 0
 
 

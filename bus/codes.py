@@ -27,6 +27,7 @@ __all__ = [
     "INVALID_JSON",
     "INVALID_MESSAGE",
     "INVALID_SESSION_ID",
+    "MESSAGE_CODES",
     "MISSING_FIELD",
     "NO_ACTOR_AVAILABLE",
     "NO_SESSION",
@@ -55,6 +56,8 @@ FIELD_TOO_LONG: Final = "field_too_long"
 NO_SESSION: Final = "no_session"
 
 # --- a turn (or a warm) that failed: an error frame, then a done with the code ----
+# (TURN_FAILURE_CODES; server_shutting_down also ends a running turn so, but a start
+# refused while the edge drains gets it alone.)
 # Before an actor accepted the leg: no actor could take it.
 NO_ACTOR_AVAILABLE: Final = "no_actor_available"
 # After: the actor went silent, restarted, or the turn ran past its deadlines.
@@ -81,7 +84,19 @@ TURN_FAILURE_CODES: Final = frozenset(
         ENGINE_DEAD,
         ACTOR_ERROR,
         INTERNAL_ERROR,
-        SERVER_SHUTTING_DOWN,
+    }
+)
+# Codes about one message the client sent: that message was refused, nothing else.
+MESSAGE_CODES: Final = frozenset(
+    {
+        INVALID_JSON,
+        INVALID_MESSAGE,
+        UNKNOWN_MESSAGE_TYPE,
+        MISSING_FIELD,
+        INVALID_FIELD,
+        INVALID_SESSION_ID,
+        FIELD_TOO_LONG,
+        NO_SESSION,
     }
 )
 
@@ -91,14 +106,7 @@ ALL_CODES: Final = frozenset(
         SERVER_AT_CAPACITY,
         SERVER_SHUTTING_DOWN,
         RATE_LIMITED,
-        INVALID_JSON,
-        INVALID_MESSAGE,
-        UNKNOWN_MESSAGE_TYPE,
-        MISSING_FIELD,
-        INVALID_FIELD,
-        INVALID_SESSION_ID,
-        FIELD_TOO_LONG,
-        NO_SESSION,
+        *MESSAGE_CODES,
         *TURN_FAILURE_CODES,
     }
 )

@@ -1,4 +1,10 @@
-"""Connect to NATS the way every yap-bus process does: retry forever, reconnect forever."""
+"""Connect to NATS the way every yap-bus process does: retry forever, reconnect forever.
+
+``bus.servers`` lists the nodes of a NATS cluster: the client connects to any of
+them and, when its node goes away, fails over to another (nats-py also learns the
+cluster's other nodes from the server it reaches). ``bus.url`` alone is a
+one-node list.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from nats.errors import NoServersError
 from bus import subjects
 from configs.schema import BusConfig
 
-__all__ = ["connect"]
+__all__ = ["connect", "redact"]
 
 _MAX_BACKOFF_S = 2.0
 
@@ -60,7 +66,8 @@ async def connect(
     while True:
         try:
             client = await nats.connect(
-                config.url,
+                servers=list(config.urls),
+                dont_randomize=config.prefer_first,
                 name=name,
                 user=config.user,
                 password=config.password,
@@ -80,7 +87,7 @@ async def connect(
         except (NoServersError, OSError, TimeoutError) as exc:
             log.warning(
                 "bus not reachable at %s (%r); retrying in %.2f s",
-                _redact(config.url),
+                ", ".join(redact(url) for url in config.urls),
                 exc,
                 backoff,
             )
@@ -88,7 +95,7 @@ async def connect(
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL fit for logs: credentials removed."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest:

@@ -15,6 +15,14 @@ from that id:
 
 Anonymous connections are refused outright. Other roles (replay, tools) are
 ``Role`` values of their own, passed to :func:`authorization_config` beside these.
+
+A static deployment whose nats-server config cannot name every process (a
+Kubernetes Deployment's pods get random names) uses :func:`shared_roles` instead:
+one ``edge`` and one ``actor`` user for all of them, with the same subjects for any
+id. That is weaker, and says so: any edge's password reads every edge's sessions
+and replies, and any actor's can speak as any actor, so the edge's check that a
+leg's events come from the actor that accepted it no longer stops a leaked actor
+password. ``just up`` makes a user per id.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ __all__ = [
     "edge_role",
     "new_passwords",
     "observer_role",
+    "shared_roles",
 ]
 
 SESSIONS_KV: Final = "yap_sessions"
@@ -97,6 +106,29 @@ def actor_role(actor_id: str) -> Role:
 def observer_role() -> Role:
     return Role(
         user=OBSERVER, publish=(), subscribe=(subjects.ALL_HEARTBEATS, subjects.ALL_EDGE_STATS)
+    )
+
+
+def shared_roles() -> tuple[Role, ...]:
+    """One user per process kind (``edge``, ``actor``) and the observer: every id's
+    subjects, for nats-server configs written ahead of time (see the module docstring)."""
+    return (
+        Role(
+            user="edge",
+            publish=(
+                f"{subjects.PREFIX}.session.*.in.>",
+                subjects.ALL_EDGE_STATS,
+                *_SESSIONS_KV_API,
+            ),
+            subscribe=(subjects.all_out(), subjects.ALL_HEARTBEATS, f"{subjects.INBOX}.>"),
+        ),
+        Role(
+            user="actor",
+            publish=(subjects.all_out(), subjects.ALL_HEARTBEATS),
+            subscribe=(f"{subjects.PREFIX}.session.*.in.>",),
+            allow_responses=True,
+        ),
+        observer_role(),
     )
 
 

@@ -7,6 +7,10 @@ Modes:
     opens its own connection with a fresh session id.
     ``persistent`` (as Pipecat): C connections stay open, one session each, and
     run turns back to back; ``--turns-per-connection K`` reconnects every K turns.
+    Each session carries its conversation: a turn's ``history_text`` is the
+    session's previous exchanges in the canonical format (``bus.history``: the
+    utterance, then the reply as received), which is what lets the chat actor warm
+    the next turn while the client sends it (``--no-history`` sends none).
 
 ``--barge-in`` interrupts every ``--barge-in-every``-th turn once
 ``--barge-in-after`` tokens arrived, with a second ``start`` or a ``cancel``
@@ -40,6 +44,7 @@ from typing import Any, Literal, TextIO
 
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from bus.history import append_turn
 from bus.loop import loop_factory
 from clients.metrics import Summary, summarize
 from clients.turn import (
@@ -111,6 +116,8 @@ class BenchConfig:
     barge_in_after_tokens: int = 3
     json: bool = False
     plot: str | None = None
+    # Persistent mode: each session sends its conversation so far (bus.history).
+    history: bool = True
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.concurrency < 1:
@@ -268,21 +275,21 @@ def _status_of(config: BenchConfig, turns: Sequence[TurnResult]) -> tuple[Status
 
 
 async def _iteration(
-    stream: FrameStream, config: BenchConfig, session_id: str, index: int
+    stream: FrameStream, config: BenchConfig, session_id: str, index: int, history: str = ""
 ) -> IterationOutcome:
     planned = config.barges(index)
     barge_in = None
     if planned:
         message: dict[str, Any] = {"type": "cancel"}
         if config.barge_in_kind == "start":
-            message = _start(config, session_id)
+            message = _start(config, session_id, history)
         barge_in = BargeIn(config.barge_in_after_tokens, message)
     deadline = time.monotonic() + config.timeout_s
     turns: list[TurnResult] = []
     try:
         first = await run_turn(
             stream,
-            _start(config, session_id),
+            _start(config, session_id, history),
             recv_timeout_s=None,
             deadline=deadline,
             barge_in=barge_in,
@@ -313,13 +320,28 @@ async def _iteration(
     return IterationOutcome(index, status, tuple(turns), code, detail, barge_in_planned=planned)
 
 
-def _start(config: BenchConfig, session_id: str) -> dict[str, Any]:
+def _start(config: BenchConfig, session_id: str, history: str = "") -> dict[str, Any]:
     return start_message(
         session_id,
         config.message,
         assistant_gender=config.assistant_gender,
         persona_style=config.persona_style,
+        history_text=history,
     )
+
+
+def _next_history(config: BenchConfig, history: str, outcome: IterationOutcome) -> str:
+    """The session's history after ``outcome``: its completed turn's exchange appended.
+
+    A turn cut off by a barge-in adds nothing; the barge-in's own turn, when it
+    completed, is the exchange.
+    """
+    if not config.history or config.mode != "persistent" or outcome.status != "ok":
+        return history
+    last = outcome.turns[-1] if outcome.turns else None
+    if last is None or not last.ok:
+        return history
+    return append_turn(history, config.message, last.text)
 
 
 def _connect_failure(index: int, exc: Exception, planned: bool) -> IterationOutcome:
@@ -352,8 +374,10 @@ async def _worker(
             continue
         async with connection:
             used = 0
+            history = ""
             while index is not None:
-                outcome = await _iteration(stream, config, session_id, index)
+                outcome = await _iteration(stream, config, session_id, index, history)
+                history = _next_history(config, history, outcome)
                 record(outcome)
                 used += 1
                 index = next(indices, None)
@@ -477,6 +501,12 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> BenchConfig:
         metavar="K",
         help="persistent mode: reconnect every K turns (default: never)",
     )
+    parser.add_argument(
+        "--no-history",
+        dest="history",
+        action="store_false",
+        help="persistent mode: send no conversation history (default: each session's own)",
+    )
     parser.add_argument("--barge-in", action="store_true", help="interrupt some turns")
     parser.add_argument("--barge-in-kind", choices=("start", "cancel"), default="start")
     parser.add_argument(
@@ -514,6 +544,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> BenchConfig:
             barge_in_after_tokens=args.barge_in_after,
             json=args.json,
             plot=args.plot,
+            history=args.history,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -5,6 +5,12 @@ sends one ``start``, prints the ACK, the tool decision and its latency, streams 
 reply as it arrives and ends with two JSON lines, ``{"type": "metrics", ...}`` and
 ``{"type": "final_text", ...}``, exactly as the original ``test/warmup.py``.
 
+``--turns N`` holds a conversation of N turns in one session (the message, then the
+default messages in turn): each turn sends the history so far in the canonical
+format (``bus.history``), so from the second turn on the chat actor's next-turn
+warming shows as ``cached_tokens`` in the ``{"type": "usage", ...}`` line it prints
+after each turn's metrics.
+
 Env (read in ``main`` only): ``SERVER_WS_URL`` (``ws://127.0.0.1:8000/ws``),
 ``YAP_API_KEY`` (``yap_token``), ``ASSISTANT_GENDER`` (``female``),
 ``PERSONA_STYLE`` (``wholesome``), ``RECV_TIMEOUT_SEC`` (``60``).
@@ -26,9 +32,17 @@ from typing import TextIO
 
 from websockets.exceptions import InvalidStatus
 
+from bus.history import append_turn
 from bus.loop import loop_factory
 from clients.metrics import TimedFrame
-from clients.turn import TurnResult, TurnTimeout, collect_turn, open_stream, start_message
+from clients.turn import (
+    FrameStream,
+    TurnResult,
+    TurnTimeout,
+    collect_turn,
+    open_stream,
+    start_message,
+)
 
 __all__ = ["DEFAULT_MESSAGES", "WarmupConfig", "amain", "main", "parse_args", "run_warmup"]
 
@@ -56,6 +70,7 @@ class WarmupConfig:
     persona_style: str
     recv_timeout_s: float
     message: str
+    turns: int = 1
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> WarmupConfig:
@@ -68,7 +83,12 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> WarmupConfig:
         "--assistant-gender", "--gender", "-g", dest="assistant_gender", choices=GENDERS
     )
     parser.add_argument("--persona-style", "--style", "-s", dest="persona_style")
+    parser.add_argument(
+        "--turns", type=int, default=1, help="turns of one conversation (default: 1)"
+    )
     args = parser.parse_args(list(argv))
+    if args.turns < 1:
+        parser.error("--turns must be at least 1")
     try:
         recv_timeout_s = float(env.get("RECV_TIMEOUT_SEC", "60"))
     except ValueError:
@@ -81,6 +101,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> WarmupConfig:
         persona_style=args.persona_style or env.get("PERSONA_STYLE", "wholesome"),
         recv_timeout_s=recv_timeout_s,
         message=message,
+        turns=args.turns,
     )
 
 
@@ -143,40 +164,71 @@ def _report(result: TurnResult, out: TextIO) -> None:
 
 
 async def run_warmup(config: WarmupConfig, out: TextIO) -> int:
-    """Run one turn against ``config.url``, printing to ``out``; returns the exit status."""
+    """Run ``config.turns`` turns against ``config.url``, printing to ``out``.
+
+    Returns the exit status: 0 when every turn completed.
+    """
     out.write(f"Connecting to {config.url} (with API key auth) …\n")
     out.flush()
-    start = start_message(
-        str(uuid.uuid4()),
-        config.message,
-        assistant_gender=config.assistant_gender,
-        persona_style=config.persona_style,
-    )
+    session_id = str(uuid.uuid4())
+    messages = [config.message, *(m for m in DEFAULT_MESSAGES if m != config.message)]
+    history = ""
     try:
         async with open_stream(config.url, config.api_key) as stream:
-            sent_at = await stream.send(start)
-            printer = _Printer(out, sent_at)
-            try:
-                result = await collect_turn(
-                    stream, sent_at, recv_timeout_s=config.recv_timeout_s, on_frame=printer
-                )
-            except TurnTimeout as exc:
-                printer.finish()
-                out.write("[ERROR] recv timeout\n")
-                out.flush()
-                result = exc.partial
-                if result.ack is None:
-                    out.write("[WARN] no ACK(start) received from server\n")
-                return 1
-            printer.finish()
+            for turn in range(config.turns):
+                message = messages[turn % len(messages)]
+                if config.turns > 1:
+                    out.write(f"--- turn {turn + 1}: {message}\n")
+                result = await _one_turn(stream, config, session_id, message, history, out)
+                if result is None:
+                    return 1
+                _report(result, out)
+                if config.turns > 1:
+                    out.write(json.dumps({"type": "usage", **(result.usage or {})}) + "\n")
+                if not result.ok:
+                    return 1
+                # What the client was sent is the reply it keeps (bus.history).
+                history = append_turn(history, message, result.text)
     except InvalidStatus as exc:
         out.write(f"[ERROR] handshake refused: HTTP {exc.response.status_code}\n")
         return 1
     except (OSError, TimeoutError) as exc:
         out.write(f"[ERROR] cannot connect to {config.url}: {exc}\n")
         return 1
-    _report(result, out)
-    return 0 if result.ok else 1
+    return 0
+
+
+async def _one_turn(
+    stream: FrameStream,
+    config: WarmupConfig,
+    session_id: str,
+    message: str,
+    history: str,
+    out: TextIO,
+) -> TurnResult | None:
+    """One turn, streamed to ``out``; None after a receive timeout (reported)."""
+    start = start_message(
+        session_id,
+        message,
+        assistant_gender=config.assistant_gender,
+        persona_style=config.persona_style,
+        history_text=history,
+    )
+    sent_at = await stream.send(start)
+    printer = _Printer(out, sent_at)
+    try:
+        result = await collect_turn(
+            stream, sent_at, recv_timeout_s=config.recv_timeout_s, on_frame=printer
+        )
+    except TurnTimeout as exc:
+        printer.finish()
+        out.write("[ERROR] recv timeout\n")
+        out.flush()
+        if exc.partial.ack is None:
+            out.write("[WARN] no ACK(start) received from server\n")
+        return None
+    printer.finish()
+    return result
 
 
 async def amain(argv: Sequence[str], env: Mapping[str, str], out: TextIO) -> int:

@@ -27,6 +27,8 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyTy
         "YAP_EDGE_HOST": (("edge", "host"),),
         "YAP_EDGE_PORT": (("edge", "port"),),
         "YAP_NATS_URL": (("bus", "url"),),
+        # Comma-separated, as NATS tools take a server list.
+        "YAP_NATS_SERVERS": (("bus", "servers"),),
         "YAP_BUS_USER": (("bus", "user"),),
         "YAP_BUS_PASSWORD": (("bus", "password"),),
         "DEPLOY_MODELS": (("models", "deploy"),),
@@ -41,6 +43,9 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyTy
         "KV_DTYPE": (("chat", "kv_dtype"), ("tool", "kv_dtype")),
         "QUANTIZATION": (("chat", "quantization"), ("tool", "quantization")),
         "CHAT_MAX_LEN": (("chat", "max_len"),),
+        # Set per replica by the launcher, so that replicas of a kind never collide.
+        "TOOL_METRICS_PORT": (("actor", "tool_metrics_port"),),
+        "CHAT_METRICS_PORT": (("actor", "chat_metrics_port"),),
         "YAP_LOG_LEVEL": (("log", "level"),),
         "YAP_LOG_FORMAT": (("log", "format"),),
     }
@@ -116,4 +121,6 @@ def _env_value(section: str, key: str, raw: str) -> Any:
         raise ConfigError(f"CONCURRENT_MODEL_CALL must be 0 or 1, got {raw!r}")
     if key in ("quantization",) and raw.strip().lower() in ("", "none", "auto"):
         return None
+    if (section, key) == ("bus", "servers"):
+        return [url.strip() for url in raw.split(",") if url.strip()]
     return raw.strip()

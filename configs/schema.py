@@ -20,6 +20,7 @@ __all__ = [
     "EdgeConfig",
     "EngineBackend",
     "EngineConfig",
+    "LauncherConfig",
     "LogConfig",
     "ModelsConfig",
     "NatsServerConfig",
@@ -68,20 +69,26 @@ class EdgeConfig(_Base):
     # for the auth throttle; empty: the header is ignored (anyone can write it).
     trusted_proxies: tuple[str, ...] = ()
     shutdown_timeout_s: float = 5.0
-    # Edge processes sharing the port with SO_REUSEPORT. max_concurrent_connections is
-    # the limit of all of them together, counted with a slot file (edge/capacity.py).
+    # Edge processes `just up` starts on this host, all on `port` (SO_REUSEPORT).
+    # max_concurrent_connections is the limit of all of them together, counted with
+    # a slot file at slots_path (edge/capacity.py).
     processes: int = 1
     slots_path: str = ".yap/edge-slots"
+    # JetStream replicas of the session bucket when the edge creates it: 1 on one
+    # nats-server, 3 on a 3-node cluster (a replica per node survives a node's loss).
+    session_replicas: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError("edge.port must be in 0..65535 (0 picks a free port)")
+        if self.processes < 1:
+            raise ValueError("edge.processes must be at least 1")
+        if not 1 <= self.session_replicas <= 5:
+            raise ValueError("edge.session_replicas must be in 1..5 (JetStream's limit)")
         if self.max_frame_bytes < 1024:
             raise ValueError("edge.max_frame_bytes must be at least 1024")
         if not self.api_key:
             raise ValueError("edge.api_key must not be empty")
-        if self.processes < 1:
-            raise ValueError("edge.processes must be at least 1")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy.strip(), strict=False)
@@ -93,20 +100,44 @@ class EdgeConfig(_Base):
 
 class BusConfig(_Base):
     url: str = "nats://127.0.0.1:4222"
+    # Several nodes of one NATS cluster: connect to any, fail over to the others.
+    # Empty means just `url`.
+    servers: tuple[str, ...] = ()
+    # Try `servers` in the given order (each host's own node first) instead of
+    # shuffling them to spread clients over the cluster.
+    prefer_first: bool = False
     user: str | None = None
     password: str | None = None
     connect_timeout_s: float = 2.0
     reconnect_wait_s: float = 0.25
     drain_timeout_s: float = 5.0
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Where to connect, in order of preference: ``servers``, else ``url``."""
+        return self.servers or (self.url,)
+
 
 class NatsServerConfig(_Base):
-    """How ``just up`` runs nats-server; ignored when the bus lives elsewhere."""
+    """How ``just up`` runs nats-server; ignored when the bus lives elsewhere.
+
+    With ``nodes`` > 1 the launcher runs a cluster on this host: node ``i`` listens
+    on ``port + i``, ``monitor_port + i`` and ``cluster_port + i`` and keeps its
+    JetStream data in ``store_dir/node-i``. For development; a real cluster has one
+    node per host (docs/deploy.md).
+    """
 
     host: str = "127.0.0.1"
     port: int = 4222
     monitor_port: int = 8222
     store_dir: str = ".yap/nats"
+    nodes: int = 1
+    cluster_port: int = 6222
+    cluster_name: str = "yap"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= 9:
+            raise ValueError("nats_server.nodes must be in 1..9")
 
 
 class ModelsConfig(_Base):
@@ -162,6 +193,10 @@ class EngineConfig(_Base):
 class ChatConfig(EngineConfig):
     history_max_tokens: int = 3000
     user_utt_max_tokens: int = 350
+    # Once a reply is done, prefill the session's next prompt up to its utterance
+    # (this history + this exchange, in the canonical format of bus/history.py) with a
+    # low-priority warm request, cancelled by the session's next start.
+    warm_next_turn: bool = True
 
 
 class ToolConfig(EngineConfig):
@@ -180,6 +215,71 @@ class ActorConfig(_Base):
     chat_metrics_port: int = 0
     max_running: int = 64
     drain_timeout_s: float = 5.0
+    # Replicas `just up` runs of each kind, started one after the other. Slot i is
+    # `tool-i` / `chat-i`, an id that stays with the slot across restarts.
+    tool_replicas: int = 1
+    chat_replicas: int = 1
+    # Per replica, CUDA_VISIBLE_DEVICES ("0", "1", "0,1"); empty: what the
+    # environment says. Either empty or one entry per replica.
+    tool_gpus: tuple[str, ...] = ()
+    chat_gpus: tuple[str, ...] = ()
+    # Per replica, the share of its GPU's memory (vLLM); empty: `tool.gpu_frac` /
+    # `chat.gpu_frac` for each. The launcher checks that each GPU's shares fit.
+    tool_gpu_fracs: tuple[float, ...] = ()
+    chat_gpu_fracs: tuple[float, ...] = ()
+    # Replica i > 0 serves metrics on its kind's port + i * stride, so replicas
+    # of one kind never collide with each other or with the other kind.
+    metrics_port_stride: int = 100
+
+    def __post_init__(self) -> None:
+        for kind in ("tool", "chat"):
+            replicas = getattr(self, f"{kind}_replicas")
+            if replicas < 0:
+                raise ValueError(f"actor.{kind}_replicas must not be negative")
+            for field in (f"{kind}_gpus", f"{kind}_gpu_fracs"):
+                given = len(getattr(self, field))
+                if given not in (0, replicas):
+                    raise ValueError(
+                        f"actor.{field} has {given} entries for {replicas} replica(s): "
+                        "give one per replica or none"
+                    )
+            for frac in getattr(self, f"{kind}_gpu_fracs"):
+                if not 0.0 < frac <= 1.0:
+                    raise ValueError(f"actor.{kind}_gpu_fracs entries must be in (0, 1]")
+        if self.metrics_port_stride < 1:
+            raise ValueError("actor.metrics_port_stride must be at least 1")
+
+
+class LauncherConfig(_Base):
+    """How `just up` supervises its children.
+
+    A child that dies after it was ready is restarted after an exponential backoff
+    (``backoff_initial_s`` doubling up to ``backoff_max_s``, each delay moved by up to
+    ``backoff_jitter`` of itself so replicas that died together do not come back in
+    lock step). ``max_crashes`` crashes of one service within ``crash_window_s``
+    mean it will not get better: everything stops and the launcher exits non-zero.
+    A child that fails during the first start is a start failure, never retried.
+    """
+
+    restart: bool = True
+    max_crashes: int = 5
+    crash_window_s: float = 60.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    backoff_jitter: float = 0.2
+    # Prometheus /metrics of the launcher itself (restarts); 0 turns it off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_crashes < 1:
+            raise ValueError("launcher.max_crashes must be at least 1")
+        if self.crash_window_s <= 0:
+            raise ValueError("launcher.crash_window_s must be positive")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ValueError("launcher: need 0 < backoff_initial_s <= backoff_max_s")
+        if not 0.0 <= self.backoff_jitter < 1.0:
+            raise ValueError("launcher.backoff_jitter must be in [0, 1)")
 
 
 class LogConfig(_Base):
@@ -195,6 +295,7 @@ class Config(_Base):
     chat: ChatConfig = ChatConfig()
     tool: ToolConfig = ToolConfig()
     actor: ActorConfig = ActorConfig()
+    launcher: LauncherConfig = LauncherConfig()
     log: LogConfig = LogConfig()
 
     @property

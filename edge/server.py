@@ -374,6 +374,7 @@ class EdgeServer:
                     bucket=SESSIONS_BUCKET,
                     history=1,
                     ttl=edge.session_ttl_s,
+                    replicas=edge.session_replicas,
                     description="yap-bus session settings",
                 )
         except Exception as exc:  # no JetStream: sessions stay per edge

@@ -1,8 +1,8 @@
 """``python -m launcher up|down|status``: run the whole deployment on one machine.
 
-``up`` runs nats-server, the tool actor, the chat actor and the edge in the
-foreground until Ctrl-C; ``up --detach`` runs the same in the background and
-returns once everything is ready; ``down`` stops a launcher started either way.
+``up`` runs nats-server, the actor replicas and the edge in the foreground until
+Ctrl-C, restarting whatever crashes; ``up --detach`` runs the same in the background
+and returns once everything is ready; ``down`` stops a launcher started either way.
 This is the only module that reads the environment and the config file.
 """
 
@@ -26,11 +26,21 @@ import nats
 from bus.loop import loop_factory
 from configs.loader import ConfigError, load_config
 from configs.schema import Config
-from launcher.errors import AlreadyRunning, describe_exit
+from launcher.errors import AlreadyRunning, LauncherError, describe_exit
 from launcher.net import connect_host, free_port
+from launcher.plan import parse_replicas, with_cluster, with_replicas
 from launcher.rundir import RunDir, launcher_alive, wait_exit
-from launcher.status import BusAccess, collect, read_access, render, write_access
-from launcher.supervisor import LaunchOptions, Supervisor
+from launcher.status import (
+    BusAccess,
+    collect,
+    read_access,
+    read_services,
+    render,
+    render_services,
+    write_access,
+    write_services,
+)
+from launcher.supervisor import Launcher, LaunchOptions, Supervisor
 
 __all__ = ["main"]
 
@@ -49,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "down":
             return _down(args)
         return _status(args)
-    except ConfigError as exc:
+    except (ConfigError, LauncherError) as exc:
         print(f"launcher: {exc}", file=sys.stderr)
         return 2
 
@@ -69,6 +79,20 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-port", type=int, help="override nats_server.port (0: a free port)")
     up.add_argument(
         "--nats-monitor-port", type=int, help="override nats_server.monitor_port (0: a free port)"
+    )
+    up.add_argument(
+        "--replicas",
+        metavar="KIND=N[,KIND=N]",
+        help="override actor.tool_replicas / actor.chat_replicas, e.g. chat=2,tool=1",
+    )
+    up.add_argument(
+        "--edges", type=int, metavar="N", help="override edge.processes (edges on one port)"
+    )
+    up.add_argument(
+        "--cluster",
+        type=int,
+        metavar="N",
+        help="run N nats-server nodes as one cluster on this host (development)",
     )
     up.add_argument(
         "--no-nats",
@@ -139,7 +163,18 @@ def _load(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
         server = msgspec.structs.replace(
             server, monitor_port=args.nats_monitor_port or free_port(server.host)
         )
-    return msgspec.structs.replace(config, nats_server=server), env
+    config = msgspec.structs.replace(config, nats_server=server)
+    if args.replicas:
+        config = with_replicas(config, parse_replicas(args.replicas))
+    if args.edges is not None:
+        if args.edges < 1:
+            raise ConfigError("--edges must be at least 1")
+        config = msgspec.structs.replace(
+            config, edge=msgspec.structs.replace(config.edge, processes=args.edges)
+        )
+    if args.cluster is not None:
+        config = with_cluster(config, args.cluster)
+    return config, env
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -155,7 +190,7 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     try:
         options = LaunchOptions(
-            config_path=args.config,
+            work_dir=run_dir.path,
             start_nats=not args.no_nats,
             actors_module=args.actors_module,
             edge_module=args.edge_module,
@@ -164,11 +199,14 @@ def _up(args: argparse.Namespace) -> int:
         )
         notify = _ready_notifier(args.notify_fd, config, log)
 
-        def on_ready() -> None:
-            write_access(run_dir.path, supervisor.observer_access)
+        def on_ready(launcher: Launcher) -> None:
+            write_access(run_dir.path, launcher.observer_access)
             notify()
 
-        supervisor = Supervisor(config, env, options, on_ready=on_ready)
+        def on_change(launcher: Launcher) -> None:
+            write_services(run_dir.path, launcher.status())
+
+        supervisor = Supervisor(config, env, options, on_ready=on_ready, on_change=on_change)
         log.info("launcher pid %d, run dir %s", pid, run_dir.path)
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(_serve(supervisor))
@@ -270,6 +308,12 @@ def _forwarded(args: argparse.Namespace, config: Config) -> list[str]:
         forwarded += ["--nats-monitor-port", str(config.nats_server.monitor_port)]
     if args.no_nats:
         forwarded.append("--no-nats")
+    if args.replicas:
+        forwarded += ["--replicas", args.replicas]
+    if args.edges is not None:
+        forwarded += ["--edges", str(args.edges)]
+    if args.cluster is not None:
+        forwarded += ["--cluster", str(args.cluster)]
     forwarded += ["--ready-timeout", str(args.ready_timeout)]
     forwarded += ["--stop-timeout", str(args.stop_timeout)]
     forwarded += ["--actors-module", args.actors_module, "--edge-module", args.edge_module]
@@ -320,6 +364,9 @@ def _status(args: argparse.Namespace) -> int:
         print("not running")
         return 3  # the LSB code for "program is not running"
     print(f"running (launcher pid {pid}, log {run_dir.log_path})")
+    services = read_services(run_dir.path)
+    if services:
+        print(render_services(services) + "\n")
     access = read_access(run_dir.path)
     if access is None:
         print("(no bus access file yet: the system is still starting)")
@@ -336,7 +383,7 @@ async def _watch(access: BusAccess, *, once: bool) -> int:
         try:
             snapshot = await collect(access)
         except (OSError, nats.errors.Error) as exc:
-            print(f"cannot reach the bus at {access.url}: {exc!r}")
+            print(f"cannot reach the bus at {', '.join(access.urls)}: {exc!r}")
             return 1
         table = render(snapshot)
         print(("\x1b[H\x1b[2J" if tty and not once else "") + table, flush=True)

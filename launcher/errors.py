@@ -6,7 +6,9 @@
     ├── NatsServerError      nats-server is missing, failed to start or to get ready
     ├── StartupTimeout       a service did not get ready in time
     ├── ServiceExited        a service exited while it should have been running
-    └── AlreadyRunning       another launcher holds the pid file
+    ├── AlreadyRunning       another launcher holds the pid file
+    ├── PlanError            (launcher.plan) the config cannot run as asked
+    └── PortInUse            (launcher.preflight) a port it needs is taken
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Used by ``just up`` and by the tests (one server per test on free ports). The server
 gets a config file rather than flags so that later changes (``authorization``,
-accounts) are text appended through ``extra_config``.
+accounts) are text appended through ``extra_config``. That file may hold every
+role's password, so it is written 0600 in a 0700 directory: no other local user
+can read it. With a :class:`ClusterSpec` the server is one node of a NATS cluster.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import shutil
 import sys
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final, Self
@@ -23,7 +26,7 @@ from launcher.errors import NatsServerError, describe_exit
 from launcher.net import connect_host, free_port, http_status
 from launcher.process import ChildProcess
 
-__all__ = ["NatsServer", "find_nats_server"]
+__all__ = ["ClusterSpec", "NatsServer", "find_nats_server"]
 
 _CONFIG_NAME: Final = "nats-server.conf"
 _LOG_NAME: Final = "nats-server.log"
@@ -31,6 +34,28 @@ _POLL_S: Final = 0.02
 # Only ports we picked ourselves are re-picked when another process grabbed them.
 _PORT_ATTEMPTS: Final = 3
 _PORT_TAKEN: Final = "address already in use"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """This node's part in a cluster: where it takes routes, and the other nodes.
+
+    Args:
+        name: the cluster's name; every node must use the same.
+        host, port: where this node listens for routes from the others.
+        routes: ``host:port`` of the other nodes' route listeners.
+        user, password: what nodes present to each other (routes are authenticated
+            like clients, or anyone could join the cluster and read everything).
+    """
+
+    name: str
+    host: str
+    port: int
+    routes: tuple[str, ...]
+    user: str
+    password: str
+    ping_interval_s: float = 1.0
+    ping_max: int = 2
 
 
 def find_nats_server() -> str:
@@ -69,6 +94,9 @@ class NatsServer:
         binary: the nats-server executable; default :func:`find_nats_server`.
         ready_timeout_s: how long start waits for ``/healthz``.
         stop_timeout_s: how long SIGTERM is given before SIGKILL.
+        server_name: the node's name (JetStream clusters need one per node).
+        cluster: this node's routes; None for a server on its own.
+        exec_prefix: argv put before the server's (``ip netns exec HOST``).
     """
 
     def __init__(
@@ -83,8 +111,15 @@ class NatsServer:
         ready_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        server_name: str | None = None,
+        cluster: ClusterSpec | None = None,
+        exec_prefix: tuple[str, ...] = (),
     ) -> None:
         self._store_dir = Path(store_dir).absolute()
+        self._server_name = server_name
+        self._cluster = cluster
+        # Run through this (``ip netns exec HOST``) to run the server on another host.
+        self._exec_prefix = exec_prefix
         self._host = host
         self._auto_ports = port == 0 or monitor_port == 0
         self._want_port = port
@@ -120,6 +155,11 @@ class NatsServer:
         )
 
     # --- where it is ---------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The node's name in logs: its ``server_name``, else ``nats-server``."""
+        return self._server_name or "nats-server"
 
     @property
     def host(self) -> str:
@@ -182,8 +222,8 @@ class NatsServer:
             log = self._prepare_files()
             try:
                 child = ChildProcess(
-                    "nats-server",
-                    [binary, "--config", str(self.config_path)],
+                    self.name,
+                    [*self._exec_prefix, binary, "--config", str(self.config_path)],
                     stdout=log,
                     stderr=log,
                     stop_timeout_s=self._stop_timeout_s,
@@ -209,7 +249,8 @@ class NatsServer:
             self._child = child
             self._started_once = True
             self._log.info(
-                "nats-server ready on %s (pid %d, monitor %s)",
+                "%s ready on %s (pid %d, monitor %s)",
+                self.name,
                 self.url,
                 child.pid,
                 self.monitor_url,
@@ -227,7 +268,7 @@ class NatsServer:
         child, self._child = self._child, None
         if child is not None:
             await child.kill()
-            self._log.info("nats-server killed")
+            self._log.info("%s killed", self.name)
 
     async def restart(self) -> None:
         """Stop and start again on the same ports and store dir."""
@@ -273,14 +314,40 @@ class NatsServer:
             f"  store_dir: {json.dumps(str(self._store_dir))}",
             "}",
         ]
+        if self._server_name:
+            lines.insert(0, f"server_name: {json.dumps(self._server_name)}")
+        cluster = self._cluster
+        if cluster is not None:
+            # A node must notice a dead peer in seconds, not the default minutes:
+            # until it does, it keeps routing requests to the peer's subscribers.
+            lines.append(f"ping_interval: {json.dumps(f'{cluster.ping_interval_s:g}s')}")
+            lines.append(f"ping_max: {cluster.ping_max}")
+            user, password = cluster.user, cluster.password
+            routes = [f"nats-route://{user}:{password}@{route}" for route in cluster.routes]
+            lines += [
+                "cluster {",
+                f"  name: {json.dumps(cluster.name)}",
+                f"  listen: {json.dumps(f'{_url_host(cluster.host)}:{cluster.port}')}",
+                f"  authorization {{ user: {json.dumps(user)}, password: {json.dumps(password)} }}",
+                f"  routes: {json.dumps(routes)}",
+                "}",
+            ]
         if self._extra_config:
             lines.append(self._extra_config)
         return "\n".join(lines) + "\n"
 
     def _prepare_files(self) -> BinaryIO:
-        """Write the config file; return the log file, opened for appending."""
-        self._store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.render_config())
+        """Write the config file; return the log file, opened for appending.
+
+        The config may hold passwords: the directory is made 0700 and the file
+        0600 before a byte is written, also when both existed with looser modes.
+        """
+        self._store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self._store_dir, 0o700)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            os.fchmod(file.fileno(), 0o600)
+            file.write(self.render_config())
         return self.log_path.open("ab")
 
     def _repick_ports(self) -> None:

@@ -75,8 +75,9 @@ class RunDir:
         """Remove the pid file if it still names ``pid``."""
         if self.read_pid() == pid:
             self.pid_path.unlink(missing_ok=True)
-            # The bus credentials of a run die with it.
-            (self.path / "bus.json").unlink(missing_ok=True)
+            # The bus credentials of a run die with it, and so does its state.
+            for name in ("bus.json", "services.json", "config.toml"):
+                (self.path / name).unlink(missing_ok=True)
 
     def remove_pid_file(self) -> None:
         self.pid_path.unlink(missing_ok=True)

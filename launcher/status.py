@@ -20,16 +20,34 @@ import nats
 from bus import subjects
 from bus.codec import BusDecodeError, Codec
 from bus.events import EdgeStats, Heartbeat
+from launcher.services import ServiceStatus
 
-__all__ = ["BusAccess", "Snapshot", "collect", "read_access", "render", "write_access"]
+__all__ = [
+    "BusAccess",
+    "Snapshot",
+    "collect",
+    "read_access",
+    "read_services",
+    "render",
+    "render_services",
+    "write_access",
+    "write_services",
+]
 
 ACCESS_FILE = "bus.json"
+SERVICES_FILE = "services.json"
 
 
 class BusAccess(msgspec.Struct, frozen=True):
     url: str
     user: str | None = None
     password: str | None = None
+    # Every node of a cluster; empty means just ``url``.
+    servers: tuple[str, ...] = ()
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self.servers or (self.url,))
 
 
 def write_access(run_dir: Path, access: BusAccess) -> Path:
@@ -48,6 +66,38 @@ def read_access(run_dir: Path) -> BusAccess | None:
         return None
 
 
+def write_services(run_dir: Path, services: list[ServiceStatus]) -> Path:
+    """Save the launcher's view of its services (state, restarts, last exit).
+
+    Written to a temporary file and renamed, so a reader never sees half of it.
+    """
+    path = run_dir / SERVICES_FILE
+    partial = path.with_suffix(".tmp")
+    partial.write_bytes(msgspec.json.encode(services))
+    os.replace(partial, path)
+    return path
+
+
+def read_services(run_dir: Path) -> list[ServiceStatus] | None:
+    try:
+        return msgspec.json.decode((run_dir / SERVICES_FILE).read_bytes(), type=list[ServiceStatus])
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def render_services(services: list[ServiceStatus]) -> str:
+    """The launcher's table: each slot, its state, pid, restarts and how it last ended."""
+    lines = [f"{'service':<14}{'state':<12}{'pid':>8}{'restarts':>10}  last exit"]
+    for service in services:
+        last = "-"
+        if service.last_exit is not None:
+            at = time.strftime("%H:%M:%S", time.localtime(service.last_exit_at or 0))
+            last = f"{service.last_exit} at {at}"
+        pid = str(service.pid) if service.pid is not None else "-"
+        lines.append(f"{service.name:<14}{service.state:<12}{pid:>8}{service.restarts:>10}  {last}")
+    return "\n".join(lines)
+
+
 @dataclass
 class Snapshot:
     actors: dict[str, Heartbeat] = field(default_factory=dict)
@@ -60,7 +110,7 @@ async def collect(access: BusAccess, window_s: float = 1.2) -> Snapshot:
     codec = Codec()
     snapshot = Snapshot()
     nc = await nats.connect(
-        access.url,
+        servers=access.urls,
         user=access.user,
         password=access.password,
         connect_timeout=2,

@@ -1,9 +1,13 @@
 """The one small interface every inference engine implements.
 
-It is shaped after vLLM's ``AsyncLLM``: ``generate`` takes a caller-given request id
-and yields text deltas; ``abort`` of that id is idempotent and ends the stream with
-a final output whose ``finish_reason`` is ``"abort"``; cancelling the consuming task
-aborts the request too.
+It is shaped after vLLM's ``AsyncLLM``: ``generate`` takes the prompt's token ids and
+a caller-given request id and yields text deltas; ``abort`` of that id is idempotent
+and ends the stream with a final output whose ``finish_reason`` is ``"abort"``;
+cancelling the consuming task aborts the request too.
+
+Prompts are token ids, not text: the actors render and encode prompts themselves,
+keeping the ids of what repeats (``actors.prompts.units``), so no engine encodes a
+prompt again. Each engine's ``tokenizer`` is the one those ids come from.
 """
 
 from __future__ import annotations
@@ -115,9 +119,15 @@ class Engine(Protocol):
         """Load the model; returns when the engine can serve."""
 
     def generate(
-        self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingSpec,
+        request_id: str,
+        priority: int = 0,
     ) -> AsyncIterator[EngineOutput]:
-        """Stream deltas for ``prompt``; the last output has a ``finish_reason``.
+        """Stream deltas for the prompt ``prompt_ids``; the last output has a ``finish_reason``.
+
+        ``priority``: lower runs first where the engine schedules by priority (vLLM).
 
         Raises:
             EngineRequestError: this request failed; others are unaffected.
@@ -128,8 +138,13 @@ class Engine(Protocol):
     async def abort(self, request_id: str) -> None:
         """Stop ``request_id`` if it is running; unknown or finished ids are ignored."""
 
-    async def warm(self, prompt: str) -> int:
-        """Prime the prefix cache with ``prompt``; returns its length in tokens."""
+    async def warm(self, prompt_ids: Sequence[int], request_id: str | None = None) -> int:
+        """Prime the prefix cache with ``prompt_ids``; returns how many tokens that is.
+
+        A warm request runs behind real turns. Cancelling the awaiting task stops it;
+        what it computed by then stays cached where the engine can keep it. ``abort``
+        of ``request_id`` (default: a fresh id) stops it too.
+        """
         ...
 
     def running(self) -> int:

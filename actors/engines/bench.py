@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from actors.engines.base import EngineOutput, SamplingSpec
 from actors.engines.fake import FakeTokenizer
@@ -34,6 +34,8 @@ from configs.schema import EngineConfig
 __all__ = ["BenchEngine"]
 
 TOOL_MARKER = "[BEGIN OF TASK INSTRUCTION]"
+# How far into the prompt the marker is looked for (past the template's opener).
+TOOL_MARKER_WITHIN = 128
 TOOL_ANSWER = "[]"
 WORD = "tok "
 # Every SENTENCE_WORDS-th word ends a sentence, so first-sentence latency is measurable.
@@ -72,11 +74,17 @@ class BenchEngine:
         return len(self._requests)
 
     async def generate(
-        self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingSpec,
+        request_id: str,
+        priority: int = 0,
     ) -> AsyncIterator[EngineOutput]:
         aborted = self._requests.add(request_id)
-        prompt_tokens = len(prompt)  # FakeTokenizer: one token per character
-        is_tool = TOOL_MARKER in prompt
+        prompt_tokens = len(prompt_ids)
+        # FakeTokenizer ids are characters; the Hammer marker opens the tool prompt, so
+        # its head is all that needs decoding.
+        is_tool = TOOL_MARKER in self._tokenizer.decode(prompt_ids[:TOOL_MARKER_WITHIN])
         steps = 1 if is_tool else max(sampling.max_tokens, 0)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -163,8 +171,8 @@ class BenchEngine:
         self._record_abort(request_id)
         event.set()
 
-    async def warm(self, prompt: str) -> int:
-        return len(prompt)
+    async def warm(self, prompt_ids: Sequence[int], request_id: str | None = None) -> int:
+        return len(prompt_ids)
 
     async def close(self) -> None:
         for request_id in self._requests.ids():

@@ -3,8 +3,10 @@
 Its "model" is a script: the tool prompt gets a Hammer-style answer (a call when the
 utterance mentions the screen, ``[]`` otherwise), the chat prompt gets the words
 of a reply tagged with the utterance's first word, one word per step at
-``bench_tokens_per_s``. Tests read
-``running()`` and ``aborted`` to prove requests really stop.
+``bench_tokens_per_s``. The prompt's ids decode back to its text (``FakeTokenizer``
+is one token per character), which the script reads. Tests read ``running()`` and
+``aborted`` to prove requests really stop, and ``prompt_ids`` / ``warmed_ids`` to
+check what the actors handed over.
 """
 
 from __future__ import annotations
@@ -59,7 +61,12 @@ class FakeEngine:
         self._requests = InFlight()
         self.aborted: list[str] = []
         self.warmed: list[str] = []
+        self.warmed_ids: list[list[int]] = []
+        self.warm_request_ids: list[str | None] = []
         self.prompts: list[str] = []
+        self.prompt_ids: list[list[int]] = []
+        # Set on every warm; a test waits on it instead of polling ``warmed``.
+        self.warm_seen = asyncio.Event()
 
     @property
     def tokenizer(self) -> FakeTokenizer:
@@ -72,15 +79,21 @@ class FakeEngine:
         return len(self._requests)
 
     async def generate(
-        self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingSpec,
+        request_id: str,
+        priority: int = 0,
     ) -> AsyncIterator[EngineOutput]:
         aborted = self._requests.add(request_id)
+        prompt = self._tokenizer.decode(prompt_ids)
         if FAIL_MARKER in prompt:
             self._requests.release(request_id, aborted)
             raise EngineRequestError("scripted failure")
         self.prompts.append(prompt)
+        self.prompt_ids.append(list(prompt_ids))
         pieces = self._script(prompt, sampling)
-        prompt_tokens = len(prompt)
+        prompt_tokens = len(prompt_ids)
         try:
             for count, piece in enumerate(pieces[: sampling.max_tokens], start=1):
                 if self._step_s:
@@ -112,6 +125,18 @@ class FakeEngine:
         finally:
             self._requests.release(request_id, aborted)
 
+    def clear_records(self) -> None:
+        """Forget what the engine recorded (long tests that measure memory)."""
+        for record in (
+            self.aborted,
+            self.warmed,
+            self.warmed_ids,
+            self.warm_request_ids,
+            self.prompts,
+            self.prompt_ids,
+        ):
+            record.clear()
+
     async def wait_idle(self) -> None:
         """Return once no request is running (tests bound it with a timeout)."""
         await self._requests.wait_idle()
@@ -122,9 +147,12 @@ class FakeEngine:
             event.set()
             self.aborted.append(request_id)
 
-    async def warm(self, prompt: str) -> int:
-        self.warmed.append(prompt)
-        return len(prompt)
+    async def warm(self, prompt_ids: Sequence[int], request_id: str | None = None) -> int:
+        self.warmed.append(self._tokenizer.decode(prompt_ids))
+        self.warmed_ids.append(list(prompt_ids))
+        self.warm_request_ids.append(request_id)
+        self.warm_seen.set()
+        return len(prompt_ids)
 
     async def close(self) -> None:
         for request_id in self._requests.ids():

@@ -7,7 +7,13 @@ at once, and the event loop stays free for I/O. Between steps a request checks i
 abort flag, which makes ``abort`` take effect within one step.
 
 Prompts are matched against a small LRU of prefilled prefixes (filled by ``warm``);
-a hit copies that KV cache and prefills only the rest of the prompt.
+a hit copies that KV cache and prefills only the rest of the prompt. A warm request
+that is cancelled or aborted keeps what it prefilled by then, as vLLM keeps the KV
+blocks of an aborted request in its prefix cache.
+
+Sampling never picks a vocabulary filler: ids past the tokenizer's end and padding
+tokens such as the tiny model's ``<|reserved_N|>`` are masked out of the logits, so
+the CPU default streams no filler names.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +39,8 @@ from actors.engines.base import (
     FinishReason,
     SamplingSpec,
 )
+from actors.engines.detokenize import IncrementalDetokenizer, StopMatcher, TextStream
+from actors.engines.vocab import filler_ids
 from configs.schema import EngineConfig
 
 if TYPE_CHECKING:
@@ -46,89 +55,10 @@ PREFIX_CACHE_ENTRIES = 8
 # prefill does not stall every other request's next token for long.
 PREFILL_CHUNK = 512
 # Token strings that end a turn in ChatML-style models, besides the tokenizer's eos.
-EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")
+EOS_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+WARM_ID_PREFIX = "warm-"
 
 _T = TypeVar("_T")
-
-
-class IncrementalDetokenizer:
-    """Turn token ids into text deltas that never split a character.
-
-    Byte-level BPE can cut a multibyte character across tokens; decoding such a prefix
-    ends in U+FFFD. Text is held back while the decode of the recent tokens ends in
-    U+FFFD and released once the character completes. Recent tokens are decoded in a
-    short window (from ``_prefix``) rather than one by one, because some decoders
-    (SentencePiece's leading space, say) depend on the tokens before.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self._tokenizer = tokenizer
-        self._ids: list[int] = []
-        self._prefix = 0  # start of the decode window
-        self._read = 0  # tokens up to here have been turned into emitted text
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the text it completes (often all of it, maybe none)."""
-        self._ids.append(token_id)
-        prefix_text = self._decode(self._ids[self._prefix : self._read])
-        new_text = self._decode(self._ids[self._prefix :])
-        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
-            return ""
-        self._prefix, self._read = self._read, len(self._ids)
-        return new_text[len(prefix_text) :]
-
-    def flush(self) -> str:
-        """Return whatever is held back, broken characters included; call at the end."""
-        prefix_text = self._decode(self._ids[self._prefix : self._read])
-        new_text = self._decode(self._ids[self._prefix :])
-        self._prefix = self._read = len(self._ids)
-        return new_text[len(prefix_text) :]
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        if not ids:
-            return ""
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
-
-
-class StopMatcher:
-    """Cut the stream at the first stop string, holding back what may start one.
-
-    Any text that could be the beginning of a stop string stays in ``_pending`` until
-    the next delta proves it is or is not; so a stop string is always found whole in
-    ``_pending`` and nothing of it is ever emitted.
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = tuple(s for s in stops if s)
-        self._pending = ""
-
-    def push(self, text: str) -> tuple[str, bool]:
-        """Add a delta; return the text safe to emit and whether a stop string was hit."""
-        if not self._stops:
-            return text, False
-        self._pending += text
-        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            out, self._pending = self._pending[: min(hits)], ""
-            return out, True
-        keep = self._partial_suffix()
-        cut = len(self._pending) - keep
-        out, self._pending = self._pending[:cut], self._pending[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        """Return the held-back text; at the end of a stream it is no stop string."""
-        out, self._pending = self._pending, ""
-        return out
-
-    def _partial_suffix(self) -> int:
-        """Length of the longest suffix of ``_pending`` that is a proper stop prefix."""
-        text = self._pending
-        for size in range(min(len(text), max(map(len, self._stops)) - 1), 0, -1):
-            tail = text[-size:]
-            if any(stop.startswith(tail) for stop in self._stops):
-                return size
-        return 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -160,6 +90,8 @@ class _Loaded:
     eos_ids: frozenset[int]
     max_positions: int
     vocab_size: int
+    # True for ids sampling must never pick (fillers); None when there are none.
+    banned: torch.Tensor | None
     # The forward() keyword for the KV cache: "cache" in transformers 5, the older
     # "past_key_values" before.
     cache_kwarg: str
@@ -203,9 +135,13 @@ class TransformersEngine:
         return len(self._requests)
 
     async def generate(
-        self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingSpec,
+        request_id: str,
+        priority: int = 0,
     ) -> AsyncIterator[EngineOutput]:
-        """Stream deltas for ``prompt``; ``priority`` is ignored (steps run in FIFO order).
+        """Stream deltas for ``prompt_ids``; ``priority`` is ignored (steps run in FIFO order).
 
         Raises:
             EngineRequestError: duplicate running id, bad sampling, prompt too long,
@@ -219,7 +155,7 @@ class TransformersEngine:
         request = _Request(request_id)
         self._requests[request_id] = request
         try:
-            async for output in self._run(state, request, prompt, sampling):
+            async for output in self._run(state, request, list(prompt_ids), sampling):
                 yield output
         except asyncio.CancelledError:
             request.aborted = True
@@ -235,26 +171,54 @@ class TransformersEngine:
         if request is not None:
             request.aborted = True
 
-    async def warm(self, prompt: str) -> int:
-        """Prefill ``prompt`` and keep its KV cache for later prompts that start with it.
+    async def warm(self, prompt_ids: Sequence[int], request_id: str | None = None) -> int:
+        """Prefill ``prompt_ids`` and keep its KV cache for prompts that start with it.
+
+        It counts in ``running()`` and stops between prefill chunks on ``abort`` or
+        cancellation; the chunks done by then are kept as a shorter prefix.
 
         Raises:
-            EngineRequestError: the prompt is longer than the model's positions.
+            EngineRequestError: the prompt is longer than the model's positions, or
+                ``request_id`` is running.
             EngineDeadError: the engine is closed.
         """
         state = self._state()
-        # Encoding a long prompt takes milliseconds, so it runs off the loop too.
-        prompt_ids = await self._step(_encode, state.tokenizer, prompt)
-        if not prompt_ids:
+        ids = list(prompt_ids)
+        if not ids:
             return 0
-        _check_length(state, len(prompt_ids), 0)
-        seq, cached = await self._step(self._open_sequence, state, prompt_ids, None, True)
-        if cached == len(prompt_ids):
+        _check_length(state, len(ids), 0)
+        request_id = request_id or f"{WARM_ID_PREFIX}{uuid.uuid4().hex}"
+        if request_id in self._requests:
+            raise EngineRequestError(f"request id {request_id!r} is already running")
+        request = _Request(request_id)
+        self._requests[request_id] = request
+        try:
+            return await self._warm(state, request, ids)
+        finally:
+            if self._requests.get(request_id) is request:
+                del self._requests[request_id]
+
+    async def _warm(self, state: _Loaded, request: _Request, ids: list[int]) -> int:
+        seq, cached = await self._step(self._open_sequence, state, ids, None, True)
+        if cached == len(ids):
             return cached
-        for start in range(cached, len(prompt_ids), PREFILL_CHUNK):
-            await self._step(self._forward, state, seq, prompt_ids[start : start + PREFILL_CHUNK])
-        await self._step(self._store_prefix, tuple(prompt_ids), seq)
-        return len(prompt_ids)
+        done = submitted = cached
+        try:
+            for start in range(cached, len(ids), PREFILL_CHUNK):
+                if request.aborted:
+                    break
+                submitted = min(start + PREFILL_CHUNK, len(ids))
+                await self._step(self._forward, state, seq, ids[start:submitted])
+                done = submitted
+        except asyncio.CancelledError:
+            # The chunk in flight still runs on the executor; anything submitted now
+            # runs after it, so it is stored with that chunk included.
+            with contextlib.suppress(RuntimeError):  # the executor is shut down
+                self._executor.submit(self._store_prefix, tuple(ids[:submitted]), seq)
+            raise
+        if done > cached:
+            await self._step(self._store_prefix, tuple(ids[:done]), seq)
+        return done
 
     async def close(self) -> None:
         """Abort every request and stop the executor; the engine cannot be restarted."""
@@ -277,10 +241,9 @@ class TransformersEngine:
         self,
         state: _Loaded,
         request: _Request,
-        prompt: str,
+        prompt_ids: list[int],
         sampling: SamplingSpec,
     ) -> AsyncIterator[EngineOutput]:
-        prompt_ids = await self._step(_encode, state.tokenizer, prompt)
         if not prompt_ids:
             raise EngineRequestError("prompt is empty")
         _check_length(state, len(prompt_ids), sampling.max_tokens)
@@ -296,8 +259,7 @@ class TransformersEngine:
                 cached_tokens=cached,
             )
 
-        detokenizer = IncrementalDetokenizer(state.tokenizer)
-        stopper = StopMatcher(sampling.stop)
+        text_stream = TextStream(state.tokenizer, sampling.stop)
         # Every prompt token not covered by the cache goes through the model; the last
         # chunk leaves the logits of the first new token behind.
         for start in range(cached, len(prompt_ids), PREFILL_CHUNK):
@@ -316,18 +278,15 @@ class TransformersEngine:
                 return
             completion += 1
             if token_id in state.eos_ids and not sampling.ignore_eos:
-                yield output(stopper.push(detokenizer.flush())[0] + stopper.flush(), "stop")
+                yield output(text_stream.finish(), "stop")
                 return
-            text, stopped = stopper.push(detokenizer.push(token_id))
-            if stopped:
+            text = text_stream.push((token_id,))
+            if text_stream.stopped:
                 yield output(text, "stop")
                 return
             if completion >= sampling.max_tokens:
-                tail, stopped = stopper.push(detokenizer.flush())
-                if stopped:
-                    yield output(text + tail, "stop")
-                else:
-                    yield output(text + tail + stopper.flush(), "length")
+                text += text_stream.finish()
+                yield output(text, "stop" if text_stream.stopped else "length")
                 return
             if text:
                 yield output(text)
@@ -387,13 +346,20 @@ class TransformersEngine:
         eos_ids.update(vocab[token] for token in EOS_TOKENS if token in vocab)
 
         forward_params = inspect.signature(model.forward).parameters
+        vocab_size = int(model.config.vocab_size)
+        banned_ids = filler_ids(tokenizer, vocab_size) - eos_ids
+        banned = None
+        if banned_ids:
+            banned = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            banned[torch.tensor(sorted(banned_ids), device=device)] = True
         return _Loaded(
             model=model,
             tokenizer=tokenizer,
             device=device,
             eos_ids=frozenset(eos_ids),
             max_positions=int(model.config.max_position_embeddings),
-            vocab_size=int(model.config.vocab_size),
+            vocab_size=vocab_size,
+            banned=banned,
             cache_kwarg="cache" if "cache" in forward_params else "past_key_values",
         )
 
@@ -460,11 +426,13 @@ class TransformersEngine:
             self._forward(state, seq, [feed])
         assert seq.logits is not None
         with torch.inference_mode():
-            token_id = _sample(seq.logits, seq.seen, sampling, seq.generator)
+            token_id = _sample(seq.logits, seq.seen, sampling, seq.generator, state.banned)
             seq.seen[token_id] = True
         return token_id
 
     def _store_prefix(self, key: tuple[int, ...], seq: _Sequence) -> None:
+        if seq.cache.get_seq_length() != len(key):
+            return  # a prefill step failed: the cache does not hold what the key says
         self._prefixes[key] = seq.cache
         self._prefixes.move_to_end(key)
         while len(self._prefixes) > PREFIX_CACHE_ENTRIES:
@@ -476,10 +444,14 @@ def _sample(
     seen: torch.Tensor,
     sampling: SamplingSpec,
     generator: torch.Generator | None,
+    banned: torch.Tensor | None = None,
 ) -> int:
-    """Pick the next token: repetition penalty, then greedy or temperature/top-k/p/min-p."""
+    """Pick the next token: fillers masked out, repetition penalty, then greedy or
+    temperature/top-k/top-p/min-p."""
     import torch
 
+    if banned is not None:
+        logits = logits.masked_fill(banned, float("-inf"))
     if sampling.repetition_penalty != 1.0:
         penalty = sampling.repetition_penalty
         picked = logits[seen]
@@ -526,11 +498,6 @@ def _check_length(state: _Loaded, prompt_tokens: int, max_tokens: int) -> None:
             f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) "
             f"exceeds the model's {state.max_positions} positions"
         )
-
-
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    # Prompts arrive chat-templated, with any BOS already in the text.
-    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

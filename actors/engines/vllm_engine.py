@@ -5,9 +5,20 @@ vLLM starts and owns. This module maps our config and ``SamplingSpec`` onto vLLM
 arguments (pure functions, importable without vLLM, tested in CI) and wraps
 ``AsyncLLM.generate`` so that it streams ``EngineOutput`` deltas:
 
-* The prompt is encoded here with the Hugging Face tokenizer (no special tokens
-  added: prompts arrive rendered by the chat template) and handed to vLLM as token
-  ids, so prompt counts and trimming agree with the actors' own tokenizer.
+* The prompt arrives as token ids (the actors encode it, keeping the ids of what
+  repeats) and goes to vLLM as a ``TokensInput`` (``vllm.inputs.tokens_input``): vLLM
+  tokenizes nothing.
+* vLLM is asked for ids only (``detokenize=False``). Its detokenizer would prime a
+  ``DecodeStream`` with the whole prompt and decode it again on the first token, in
+  the actor's process, on its event loop (about 0.5 ms for a 2,600-token prompt on a
+  slow core, per request); the reply is decoded here instead, from an empty stream
+  (``actors.engines.detokenize``), and stop strings are matched here too (vLLM
+  allows none without detokenizing), aborting the request on a hit.
+* A ``random:`` model samples from up to 1,024 of the tokenizer's trained tokens
+  (``allowed_token_ids``; vLLM's V2 model runner takes no more): its random weights
+  would otherwise pick the vocabulary's filler entries, whose names re-encode into
+  ten tokens each, so a reply fed back as history would be ten times its length,
+  unlike a real model's.
 * ``abort`` is idempotent; an aborted stream ends with a ``finish_reason "abort"``
   output. Cancelling the consumer, or closing the stream early, aborts the request
   inside vLLM too (``AsyncLLM.generate`` aborts on ``CancelledError`` and
@@ -33,7 +44,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -46,6 +57,8 @@ from actors.engines.base import (
     SamplingSpec,
     sampling_spec,
 )
+from actors.engines.detokenize import TextStream
+from actors.engines.vocab import sampleable_ids
 from configs.schema import EngineConfig
 
 if TYPE_CHECKING:
@@ -160,30 +173,39 @@ def engine_args(
     return args
 
 
-def sampling_kwargs(spec: SamplingSpec) -> dict[str, Any]:
+def sampling_kwargs(
+    spec: SamplingSpec, *, allowed_token_ids: Sequence[int] | None = None
+) -> dict[str, Any]:
     """The keyword arguments of vLLM's ``SamplingParams`` for ``spec``.
 
-    The caller adds ``output_kind=RequestOutputKind.DELTA``. Stop strings are cut
-    from the text (``include_stop_str_in_output`` stays off) and special tokens are
-    skipped when detokenizing, as the other engines do.
+    The caller adds ``output_kind=RequestOutputKind.DELTA``. vLLM returns token ids
+    only (``detokenize=False``): the engine decodes the text and cuts it at
+    ``spec.stop`` itself, so no stop strings go to vLLM (it accepts none without
+    detokenizing).
+
+    Args:
+        spec: the request's sampling.
+        allowed_token_ids: restrict sampling to these ids (random-weight models).
 
     Raises:
         EngineRequestError: ``max_tokens`` is below 1.
     """
     if spec.max_tokens < 1:
         raise EngineRequestError(f"max_tokens must be at least 1, not {spec.max_tokens}")
-    return {
+    kwargs: dict[str, Any] = {
         "max_tokens": spec.max_tokens,
         "temperature": spec.temperature,
         "top_p": spec.top_p,
         "top_k": spec.top_k,
         "min_p": spec.min_p,
         "repetition_penalty": spec.repetition_penalty,
-        "stop": list(spec.stop) or None,
         "seed": spec.seed,
         "ignore_eos": spec.ignore_eos,
-        "skip_special_tokens": True,
+        "detokenize": False,
     }
+    if allowed_token_ids is not None:
+        kwargs["allowed_token_ids"] = list(allowed_token_ids)
+    return kwargs
 
 
 def finish_reason(reason: str | None, stop_reason: object = None) -> FinishReason | None:
@@ -266,6 +288,8 @@ class VllmEngine:
         self._closed = False
         # Requests whose stream is open -> whether abort() was asked for.
         self._requests: dict[str, bool] = {}
+        # What a random-weight model may sample (see the module notes); None: anything.
+        self._allowed_ids: list[int] | None = None
         self.model_path: str | None = None
 
     @property
@@ -303,6 +327,8 @@ class VllmEngine:
         args = engine_args(self._config, gpu_frac=self._gpu_frac, model_path=model_path)
         args.update(self._overrides)
         self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, model_path)
+        if random_model_shape(self._config.model) is not None:
+            self._allowed_ids = await asyncio.to_thread(sampleable_ids, self._tokenizer)
         _log.info(
             "starting vLLM for %s: quantization=%s kv_cache_dtype=%s gpu_frac=%.2f "
             "max_model_len=%d",
@@ -342,9 +368,13 @@ class VllmEngine:
         return int(self._vllm.llm.output_processor.get_num_unfinished_requests())
 
     async def generate(
-        self, prompt: str, sampling: SamplingSpec, request_id: str, priority: int = 0
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingSpec,
+        request_id: str,
+        priority: int = 0,
     ) -> AsyncIterator[EngineOutput]:
-        """Stream deltas for ``prompt``, a fully rendered prompt.
+        """Stream deltas for the prompt ``prompt_ids`` (rendered, encoded, no BOS added).
 
         ``priority``: lower runs first (vLLM's priority policy), 0 by default.
 
@@ -356,63 +386,86 @@ class VllmEngine:
         api = self._api()
         if request_id in self._requests:
             raise EngineRequestError(f"request id {request_id!r} is already running")
-        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        if not prompt_ids:
+        ids = list(prompt_ids)
+        if not ids:
             raise EngineRequestError("prompt is empty")
         try:
-            params = api.sampling_params(**sampling_kwargs(sampling), output_kind=api.delta)
+            params = api.sampling_params(
+                **sampling_kwargs(sampling, allowed_token_ids=self._allowed_ids),
+                output_kind=api.delta,
+            )
         except (ValueError, TypeError) as exc:
             raise EngineRequestError(f"bad sampling parameters: {exc}") from exc
 
         self._requests[request_id] = False
-        stream = api.llm.generate(
-            api.tokens_input(prompt_ids, prompt=prompt), params, request_id, priority=priority
-        )
+        text = TextStream(self.tokenizer, sampling.stop)
+        stream = api.llm.generate(api.tokens_input(ids), params, request_id, priority=priority)
         completion_tokens = 0
-        ended = False
+        finished = False  # vLLM said the request is done
+        settled = False  # it failed, or we aborted it: no abort is owed
         try:
             async for out in stream:
                 completion = out.outputs[0]
-                completion_tokens += len(completion.token_ids)
+                new_ids = list(completion.token_ids)
+                completion_tokens += len(new_ids)
+                finished = out.finished
                 reason = finish_reason(completion.finish_reason, completion.stop_reason)
                 if reason is None and out.finished:
                     reason = "stop"
-                if reason is None:
+                if completion.finish_reason == "stop" and not isinstance(
+                    completion.stop_reason, str
+                ):
+                    # It stopped on a stop token (eos, say), which is not text.
+                    new_ids = new_ids[:-1]
+                delta = text.push(new_ids)
+                if text.stopped and reason is None:
+                    # A stop string, which vLLM does not see: end the request here.
+                    settled = True
+                    await api.llm.abort(request_id)
+                    reason = "stop"
+                elif reason is not None:
+                    delta += text.finish()
+                    if text.stopped:
+                        reason = "stop"
+                else:
                     if self._requests.get(request_id):
                         # abort() raced with vLLM registering the request: repeat it.
                         await api.llm.abort(request_id)
-                    if not completion.text:
+                    if not delta:
                         continue
-                ended = reason is not None
                 yield EngineOutput(
-                    text=completion.text,
+                    text=delta,
                     finish_reason=reason,
-                    prompt_tokens=len(prompt_ids),
+                    prompt_tokens=len(ids),
                     completion_tokens=completion_tokens,
                     cached_tokens=out.num_cached_tokens or 0,
                 )
-                if ended:
+                if reason is not None:
                     return
         except api.dead_error as exc:
-            ended = True
+            settled = True
             raise EngineDeadError(f"vLLM engine core died: {exc}") from exc
         except api.generate_error as exc:
-            ended = True
+            settled = True
             if api.llm.errored:
                 raise EngineDeadError("vLLM engine core died") from exc
             raise EngineRequestError(f"vLLM failed the request: {exc.__cause__!r}") from exc
         except ValueError as exc:
             # vLLM rejects bad input (a prompt over max_model_len, say) with ValueError.
-            ended = True
+            settled = True
             raise EngineRequestError(str(exc)) from exc
         finally:
             self._requests.pop(request_id, None)
-            if not ended:
-                # The consumer left early (closed the stream or was cancelled):
-                # closing vLLM's stream aborts the request there; abort() is a no-op
-                # if cancellation already did it.
+            if finished:
+                # Let vLLM's generator run to its end, so it does not abort a request
+                # that is already done (it does when closed early).
+                await anext(stream, None)
+            else:
+                # Closing vLLM's stream aborts its request; the explicit abort covers a
+                # consumer that left early and is a no-op if that already happened.
                 await stream.aclose()
-                await api.llm.abort(request_id)
+                if not settled:
+                    await api.llm.abort(request_id)
 
     async def abort(self, request_id: str) -> None:
         """Stop ``request_id``; its stream ends with an ``"abort"`` output."""
@@ -421,8 +474,11 @@ class VllmEngine:
         self._requests[request_id] = True
         await self._vllm.llm.abort(request_id)
 
-    async def warm(self, prompt: str) -> int:
-        """Run ``prompt`` for one token so that its KV blocks enter the prefix cache.
+    async def warm(self, prompt_ids: Sequence[int], request_id: str | None = None) -> int:
+        """Run ``prompt_ids`` for one token so that its KV blocks enter the prefix cache.
+
+        It runs one priority step behind real turns (``config.priority + 1``).
+        Cancelling it aborts the request; vLLM keeps the blocks it filled by then.
 
         Returns:
             The prompt's length in tokens (0 for an empty prompt).
@@ -432,13 +488,13 @@ class VllmEngine:
             EngineDeadError: the engine is closed, not started, or its core died.
         """
         self._api()
-        if not prompt:
+        if not prompt_ids:
             return 0
-        request_id = f"{WARM_ID_PREFIX}{uuid.uuid4().hex}"
+        request_id = request_id or f"{WARM_ID_PREFIX}{uuid.uuid4().hex}"
         priority = self._config.priority + WARM_PRIORITY_DELTA
         prompt_tokens = 0
         async for output in self.generate(
-            prompt, SamplingSpec(max_tokens=1), request_id, priority=priority
+            prompt_ids, SamplingSpec(max_tokens=1), request_id, priority=priority
         ):
             prompt_tokens = output.prompt_tokens
         return prompt_tokens
@@ -466,9 +522,11 @@ class VllmEngine:
         spec = sampling_spec(sampling, max_tokens=4)
         priority = self._config.priority + WARM_PRIORITY_DELTA
 
+        prompt_ids = self.tokenizer.encode(SAMPLER_WARMUP_PROMPT, add_special_tokens=False)
+
         async def one(index: int) -> None:
             request_id = f"{WARM_ID_PREFIX}sampler-{index}-{uuid.uuid4().hex}"
-            async for _ in self.generate(SAMPLER_WARMUP_PROMPT, spec, request_id, priority):
+            async for _ in self.generate(prompt_ids, spec, request_id, priority):
                 pass
 
         try:

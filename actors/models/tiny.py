@@ -1,9 +1,16 @@
-"""A tiny random-weight Qwen2 model, built locally so tests and demos need no model hub.
+"""Tiny random-weight models, built locally so tests and demos need no model hub.
 
 The tokenizer is a byte-level BPE trained with ``tokenizers`` on the English text in
-this module, set up like Qwen2's (NFC, Qwen2's split regex, ChatML special tokens),
-so prompts, chat templates and incremental detokenization behave as they do with a
-real model. The weights are random: the output is noise, but deterministic noise.
+this module, set up like a real model's, so prompts, chat templates and incremental
+detokenization behave as they do with one. Two flavors:
+
+* ``tiny-qwen2`` (the CPU default): Qwen2's (NFC, Qwen2's split regex, ChatML
+  special tokens and template), a Qwen2 model;
+* ``tiny-llama3``: Llama 3's (its split regex, no normalizer, its special tokens,
+  reserved special tokens as padding, the Llama 3.1 chat template verbatim, a BOS),
+  a Llama model. Tests pin the actors' token-id prompts against it.
+
+The weights are random: the output is noise, but deterministic noise.
 
 The build is cached on disk under a directory named by a hash of the build spec; it
 is built into a temporary directory and renamed into place under an ``fcntl`` lock,
@@ -21,12 +28,19 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-__all__ = ["TINY_SPECS", "TinyModelSpec", "ensure_tiny_model"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "LLAMA31_TEMPLATE",
+    "TINY_SPECS",
+    "TinyModelSpec",
+    "build_tiny_tokenizer",
+    "ensure_tiny_model",
+]
 
 # Bump when the build code changes in a way the spec does not capture.
 BUILD_VERSION = 1
@@ -46,11 +60,152 @@ QWEN2_SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
+# Llama 3's pre-tokenizer split: like Qwen2's, with digits in runs of up to three.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_BOS = "<|begin_of_text|>"
+LLAMA3_EOT = "<|eot_id|>"
+LLAMA3_PAD = "<|finetune_right_pad_id|>"
+LLAMA3_SPECIAL_TOKENS = (
+    LLAMA3_BOS,
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    LLAMA3_EOT,
+    "<|eom_id|>",
+    "<|python_tag|>",
+    LLAMA3_PAD,
+)
+LLAMA3_RESERVED_TOKEN = "<|reserved_special_token_{}|>"
+
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Meta's Llama 3.1 Instruct chat template, as its tokenizer_config.json ships it: the
+# system message's date header, content trimmed, tool-call paths included.
+LLAMA31_TEMPLATE = (
+    "{{- bos_token }}\n"
+    "{%- if custom_tools is defined %}\n"
+    "    {%- set tools = custom_tools %}\n"
+    "{%- endif %}\n"
+    "{%- if not tools_in_user_message is defined %}\n"
+    "    {%- set tools_in_user_message = true %}\n"
+    "{%- endif %}\n"
+    "{%- if not date_string is defined %}\n"
+    '    {%- set date_string = "26 Jul 2024" %}\n'
+    "{%- endif %}\n"
+    "{%- if not tools is defined %}\n"
+    "    {%- set tools = none %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{#- This block extracts the system message, so we can slot it into the right place. #}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    '    {%- set system_message = "" %}\n'
+    "{%- endif %}\n"
+    "\n"
+    "{#- System message + builtin tools #}\n"
+    '{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}\n'
+    "{%- if builtin_tools is defined or tools is not none %}\n"
+    '    {{- "Environment: ipython\\n" }}\n'
+    "{%- endif %}\n"
+    "{%- if builtin_tools is defined %}\n"
+    "    {{- \"Tools: \" + builtin_tools | reject('equalto', 'code_interpreter') | join(\", \") "
+    '+ "\\n\\n"}}\n'
+    "{%- endif %}\n"
+    '{{- "Cutting Knowledge Date: December 2023\\n" }}\n'
+    '{{- "Today Date: " + date_string + "\\n\\n" }}\n'
+    "{%- if tools is not none and not tools_in_user_message %}\n"
+    '    {{- "You have access to the following functions. To call a function, please respond '
+    'with JSON for a function call." }}\n'
+    '    {{- \'Respond in the format {"name": function name, "parameters": dictionary of '
+    "argument name and its value}.' }}\n"
+    '    {{- "Do not use variables.\\n\\n" }}\n'
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    '        {{- "\\n\\n" }}\n'
+    "    {%- endfor %}\n"
+    "{%- endif %}\n"
+    "{{- system_message }}\n"
+    '{{- "<|eot_id|>" }}\n'
+    "\n"
+    "{#- Custom tools are passed in a user message with some extra guidance #}\n"
+    "{%- if tools_in_user_message and not tools is none %}\n"
+    "    {#- Extract the first user message so we can plug it in here #}\n"
+    "    {%- if messages | length != 0 %}\n"
+    "        {%- set first_user_message = messages[0]['content']|trim %}\n"
+    "        {%- set messages = messages[1:] %}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception(\"Cannot put tools in the first user message when there's no "
+    'first user message!") }}\n'
+    "{%- endif %}\n"
+    "    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}\n"
+    '    {{- "Given the following functions, please respond with a JSON for a function call " }}\n'
+    '    {{- "with its proper arguments that best answers the given prompt.\\n\\n" }}\n'
+    '    {{- \'Respond in the format {"name": function name, "parameters": dictionary of '
+    "argument name and its value}.' }}\n"
+    '    {{- "Do not use variables.\\n\\n" }}\n'
+    "    {%- for t in tools %}\n"
+    "        {{- t | tojson(indent=4) }}\n"
+    '        {{- "\\n\\n" }}\n'
+    "    {%- endfor %}\n"
+    '    {{- first_user_message + "<|eot_id|>"}}\n'
+    "{%- endif %}\n"
+    "\n"
+    "{%- for message in messages %}\n"
+    "    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in "
+    "message) %}\n"
+    "        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ "
+    "message['content'] | trim + '<|eot_id|>' }}\n"
+    "    {%- elif 'tool_calls' in message %}\n"
+    "        {%- if not message.tool_calls|length == 1 %}\n"
+    '            {{- raise_exception("This model only supports single tool-calls at once!") }}\n'
+    "        {%- endif %}\n"
+    "        {%- set tool_call = message.tool_calls[0].function %}\n"
+    "        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}\n"
+    "            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    '            {{- "<|python_tag|>" + tool_call.name + ".call(" }}\n'
+    "            {%- for arg_name, arg_val in tool_call.arguments | items %}\n"
+    "                {{- arg_name + '=\"' + arg_val + '\"' }}\n"
+    "                {%- if not loop.last %}\n"
+    '                    {{- ", " }}\n'
+    "                {%- endif %}\n"
+    "                {%- endfor %}\n"
+    '            {{- ")" }}\n'
+    "        {%- else  %}\n"
+    "            {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}\n"
+    "            {{- '{\"name\": \"' + tool_call.name + '\", ' }}\n"
+    "            {{- '\"parameters\": ' }}\n"
+    "            {{- tool_call.arguments | tojson }}\n"
+    '            {{- "}" }}\n'
+    "        {%- endif %}\n"
+    "        {%- if builtin_tools is defined %}\n"
+    "            {#- This means we're in ipython mode #}\n"
+    '            {{- "<|eom_id|>" }}\n'
+    "        {%- else %}\n"
+    '            {{- "<|eot_id|>" }}\n'
+    "        {%- endif %}\n"
+    '    {%- elif message.role == "tool" or message.role == "ipython" %}\n'
+    '        {{- "<|start_header_id|>ipython<|end_header_id|>\\n\\n" }}\n'
+    "        {%- if message.content is mapping or message.content is iterable %}\n"
+    "            {{- message.content | tojson }}\n"
+    "        {%- else %}\n"
+    "            {{- message.content }}\n"
+    "        {%- endif %}\n"
+    '        {{- "<|eot_id|>" }}\n'
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}\n"
 )
 
 # Original text in the register the actors see: chat turns, Hammer-style tool prompts
@@ -253,17 +408,23 @@ class TinyModelSpec:
     # wander instead of repeating one near-uniform argmax.
     initializer_range: float = 0.2
     seed: int = 0
+    # Whose tokenizer, template and architecture: Qwen2's (ChatML) or Llama 3's.
+    flavor: Literal["qwen2", "llama3"] = "qwen2"
 
     def digest(self) -> str:
         """A short hash of the spec, the corpus and the build code version."""
+        spec = dataclasses.asdict(self)
+        if self.flavor == "qwen2":
+            del spec["flavor"]  # the field came later: qwen2 builds keep their hash
         payload = json.dumps(
-            {"spec": dataclasses.asdict(self), "corpus": CORPUS, "version": BUILD_VERSION},
-            sort_keys=True,
+            {"spec": spec, "corpus": CORPUS, "version": BUILD_VERSION}, sort_keys=True
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-TINY_SPECS: MappingProxyType[str, TinyModelSpec] = MappingProxyType({"tiny-qwen2": TinyModelSpec()})
+TINY_SPECS: MappingProxyType[str, TinyModelSpec] = MappingProxyType(
+    {"tiny-qwen2": TinyModelSpec(), "tiny-llama3": TinyModelSpec(flavor="llama3")}
+)
 
 
 def ensure_tiny_model(
@@ -317,16 +478,34 @@ def _build(spec: TinyModelSpec, out_dir: Path) -> None:
     _build_model(spec, tokenizer).save_pretrained(out_dir)
 
 
+def build_tiny_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """The tokenizer of the tiny model ``name``, built in memory (no model, no files).
+
+    Raises:
+        ValueError: ``name`` is not a known tiny model.
+    """
+    try:
+        spec = TINY_SPECS[name]
+    except KeyError:
+        known = ", ".join(sorted(TINY_SPECS))
+        raise ValueError(f"unknown tiny model {name!r}; known: {known}") from None
+    return _build_tokenizer(spec)
+
+
 def _build_tokenizer(spec: TinyModelSpec) -> PreTrainedTokenizerFast:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
     from transformers import PreTrainedTokenizerFast
 
+    llama = spec.flavor == "llama3"
+    specials = LLAMA3_SPECIAL_TOKENS if llama else SPECIAL_TOKENS
     backend = Tokenizer(models.BPE())
-    backend.normalizer = normalizers.NFC()
+    if not llama:
+        backend.normalizer = normalizers.NFC()
+    split = Regex(LLAMA3_SPLIT if llama else QWEN2_SPLIT)
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(split, behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -334,49 +513,72 @@ def _build_tokenizer(spec: TinyModelSpec) -> PreTrainedTokenizerFast:
     trainer = BpeTrainer(
         vocab_size=spec.bpe_vocab_size,
         min_frequency=1,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(specials),
         # All 256 bytes, so any text encodes even if the corpus never shows it.
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(CORPUS.splitlines(keepends=True), trainer=trainer)
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token=IM_END,
-        pad_token=END_OF_TEXT,
-        additional_special_tokens=[IM_START],
-        chat_template=CHATML_TEMPLATE,
-        model_max_length=spec.max_position_embeddings,
-        clean_up_tokenization_spaces=False,
-    )
+    if llama:
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            bos_token=LLAMA3_BOS,
+            eos_token=LLAMA3_EOT,
+            pad_token=LLAMA3_PAD,
+            additional_special_tokens=[
+                t for t in specials if t not in (LLAMA3_BOS, LLAMA3_EOT, LLAMA3_PAD)
+            ],
+            chat_template=LLAMA31_TEMPLATE,
+            model_max_length=spec.max_position_embeddings,
+            clean_up_tokenization_spaces=False,
+        )
+    else:
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            eos_token=IM_END,
+            pad_token=END_OF_TEXT,
+            additional_special_tokens=[IM_START],
+            chat_template=CHATML_TEMPLATE,
+            model_max_length=spec.max_position_embeddings,
+            clean_up_tokenization_spaces=False,
+        )
     missing = spec.vocab_size - len(tokenizer)
     if missing < 0:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, over vocab_size")
-    tokenizer.add_tokens([RESERVED_TOKEN.format(i) for i in range(missing)])
+    if llama:
+        # Llama 3 pads with reserved special tokens: skipped when decoding.
+        tokenizer.add_tokens(
+            [LLAMA3_RESERVED_TOKEN.format(i) for i in range(missing)], special_tokens=True
+        )
+    else:
+        tokenizer.add_tokens([RESERVED_TOKEN.format(i) for i in range(missing)])
     return tokenizer
 
 
 def _build_model(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        initializer_range=spec.initializer_range,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
-        pad_token_id=tokenizer.convert_tokens_to_ids(END_OF_TEXT),
-    )
+    shape = {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "initializer_range": spec.initializer_range,
+        "tie_word_embeddings": True,
+        "eos_token_id": tokenizer.convert_tokens_to_ids(tokenizer.eos_token),
+        "pad_token_id": tokenizer.convert_tokens_to_ids(tokenizer.pad_token),
+    }
     # fork_rng keeps the build from disturbing the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        model = Qwen2ForCausalLM(config)
+        if spec.flavor == "llama3":
+            bos = tokenizer.convert_tokens_to_ids(LLAMA3_BOS)
+            model = LlamaForCausalLM(LlamaConfig(bos_token_id=bos, **shape))
+        else:
+            model = Qwen2ForCausalLM(Qwen2Config(bos_token_id=None, **shape))
     return model.eval()

@@ -1,12 +1,14 @@
-"""Exact token-budget trimming with the model's own tokenizer.
+"""Token-budget trimming with the model's own tokenizer.
 
 The user utterance keeps its beginning (what the user asked first matters most) and
-the history keeps its end (the most recent turns matter most). Counting is exact:
-the text is encoded with the serving model's tokenizer, sliced, and decoded back.
+the history keeps its end (the most recent turns matter most). The utterance is cut
+exactly: encoded, sliced and decoded back. The history is cut at line boundaries, in
+steps, so that its start (and the prompt's cacheable prefix) stays put as it grows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final, Literal
 
 from actors.engines.base import Tokenizer
@@ -15,8 +17,13 @@ __all__ = [
     "DEFAULT_HISTORY_MAX_TOKENS",
     "DEFAULT_USER_UTT_MAX_TOKENS",
     "Keep",
+    "apply_history_cut",
+    "fits_by_bytes",
+    "history_cut",
+    "line_units",
     "trim_history",
     "trim_to_tokens",
+    "trim_tokens_stepped",
 ]
 
 Keep = Literal["start", "end"]
@@ -70,21 +77,114 @@ def trim_to_tokens(tokenizer: Tokenizer, text: str, max_tokens: int, keep: Keep)
     return ""
 
 
+def line_units(text: str) -> list[str]:
+    """``text`` cut into units that each start a line: after a newline, before a non-space.
+
+    A canonical history (``bus.history``) is one unit per message line, each with its
+    newline except the last. Lines that start with whitespace (or are empty) stay with
+    the unit before, so every unit but the first starts with a non-space character.
+    That is where the byte-level BPE tokenizers we serve always start a new
+    pre-token, which lets the actors encode a history unit by unit and keep the ids
+    (``actors.prompts.units``). ``"".join(line_units(text)) == text`` always holds.
+    """
+    units: list[str] = []
+    current: str | None = None
+    for piece in text.split("\n"):
+        if current is None:
+            current = piece
+        elif piece and not piece[0].isspace():
+            units.append(current + "\n")
+            current = piece
+        else:
+            current = current + "\n" + piece
+    units.append(current or "")
+    return [unit for unit in units if unit]
+
+
+def history_cut(counts: Sequence[int], max_tokens: int) -> int:
+    """Where a history of units with these token counts starts once trimmed.
+
+    Returns the index of the first unit kept: 0 when everything fits, ``len(counts)``
+    when no run of whole trailing units fits (the last unit alone is over the budget;
+    the caller then cuts inside it). The cut moves in steps of a third of the budget,
+    counted from the start, and lands on the first unit boundary at or after the step:
+    as the history grows at its end, the cut (and so the prompt's prefix up to the
+    history) stays put until the history has grown by another step.
+
+    Raises:
+        ValueError: ``max_tokens`` is negative.
+    """
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+    total = sum(counts)
+    if total <= max_tokens:
+        return 0
+    step = max(1, max_tokens // 3)
+    drop = -(-(total - max_tokens) // step) * step  # whole steps, rounded up
+    dropped = 0
+    for index, count in enumerate(counts):
+        if dropped >= drop:
+            return index
+        dropped += count
+    return len(counts)
+
+
 def trim_history(tokenizer: Tokenizer, text: str, max_tokens: int) -> str:
-    """Keep the recent end of a transcript, cutting its front in whole steps.
+    """Keep the recent end of a transcript, cutting whole lines from its front in steps.
 
     A conversation's history grows at its end from turn to turn. Keeping exactly the
     last ``max_tokens`` tokens would move its first token on every turn once it is
-    over the budget, and the prefix cache would never again reuse it. Instead the
-    front is cut in steps of a third of the budget, counted from the start of the
-    text: the cut only moves when the history has grown by another step, so for
-    several turns in a row the history (and the prompt up to it) starts the same.
-    The result holds between two thirds of the budget and the whole of it.
+    over the budget, and the prefix cache would never again reuse it. Instead whole
+    lines (``line_units``) are dropped from the front, in steps of a third of the
+    budget counted from the start (``history_cut``): for several turns in a row the
+    history, and the prompt up to it, starts the same. Only when the last line alone
+    is over the budget is the cut made inside it, in token steps.
+
+    Token counts are those of each line encoded on its own; this is the text-path
+    reference of what the actors do on cached ids.
 
     Args:
         tokenizer: the serving model's tokenizer.
         text: the transcript, oldest first.
         max_tokens: the budget.
+
+    Raises:
+        ValueError: ``max_tokens`` is negative.
+    """
+    if fits_by_bytes(text, max_tokens):
+        return text if max_tokens else ""
+    units = line_units(text)
+    counts = [len(tokenizer.encode(unit, add_special_tokens=False)) for unit in units]
+    return apply_history_cut(tokenizer, units, history_cut(counts, max_tokens), max_tokens)
+
+
+def apply_history_cut(tokenizer: Tokenizer, units: Sequence[str], cut: int, max_tokens: int) -> str:
+    """The history from unit ``cut`` on; inside its last unit when ``cut`` is past the end."""
+    if cut < len(units):
+        return "".join(units[cut:])
+    return trim_tokens_stepped(tokenizer, units[-1], max_tokens)
+
+
+def fits_by_bytes(text: str, max_tokens: int) -> bool:
+    """Whether ``text`` fits ``max_tokens`` without encoding it (or the budget is 0).
+
+    Every token covers at least one UTF-8 byte (see ``trim_to_tokens``), so a text of
+    fewer bytes than the budget fits.
+
+    Raises:
+        ValueError: ``max_tokens`` is negative.
+    """
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+    return max_tokens == 0 or (len(text) < max_tokens and len(text.encode("utf-8")) < max_tokens)
+
+
+def trim_tokens_stepped(tokenizer: Tokenizer, text: str, max_tokens: int) -> str:
+    """Keep the end of ``text`` within ``max_tokens``, its front cut in token steps.
+
+    The fallback of ``trim_history`` for a line over the whole budget: the front is
+    cut in steps of a third of the budget, counted from the start of the text, and the
+    result holds between two thirds of the budget and the whole of it.
 
     Raises:
         ValueError: ``max_tokens`` is negative.
@@ -107,11 +207,7 @@ def _ids_over_budget(tokenizer: Tokenizer, text: str, max_tokens: int) -> list[i
     Every token covers at least one UTF-8 byte (see ``trim_to_tokens``), so a text of
     fewer bytes than the budget is not tokenized at all.
     """
-    if max_tokens < 0:
-        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
-    if max_tokens == 0:
-        return None
-    if len(text) < max_tokens and len(text.encode("utf-8")) < max_tokens:
+    if fits_by_bytes(text, max_tokens):
         return None
     ids = tokenizer.encode(text, add_special_tokens=False)
     return ids if len(ids) > max_tokens else None

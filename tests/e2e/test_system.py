@@ -14,6 +14,7 @@ import pytest_asyncio
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from bus.history import append_turn
 from launcher.nats import NatsServer
 from launcher.net import http_status
 from tests.support.stack import read_turn, recv_json, start_message
@@ -222,3 +223,26 @@ async def test_http_endpoints(system: System) -> None:
     assert await http_status("127.0.0.1", system.edge_port, "/status") == 401
     assert await http_status("127.0.0.1", system.edge_port, f"/status?api_key={API_KEY}") == 200
     assert await http_status("127.0.0.1", system.edge_port, "/nope") == 404
+
+
+async def test_conversation_prewarms_the_next_turn(system: System) -> None:
+    """A client that keeps its history in the canonical format gets its second turn
+    read from the chat actor's next-turn warm: all but the new utterance is cached. No
+    vocabulary filler (<|reserved_N|>) reaches the client."""
+    history = "User: hello there\nAssistant: hi, how can I help?"
+    async with connect(system.url) as ws:
+        session_id = uuid.uuid4().hex
+        await ws.send(start_message(session_id, "tell me a story", history_text=history))
+        first = await read_turn(ws, within=60)
+        reply = next(f for f in first if f["type"] == "final")["normalized_text"]
+        # Idle engines: the warm request, which counts as running, has finished.
+        assert not any((await system.actor_load()).values())
+        history = append_turn(history, "tell me a story", reply)
+        await ws.send(start_message(session_id, "and then?", history_text=history))
+        second = await read_turn(ws, within=60)
+    usage = second[-1]["usage"]
+    assert first[-1]["usage"]["cached_tokens"] < usage["cached_tokens"]
+    assert usage["prompt_tokens"] - usage["cached_tokens"] < 20  # the utterance and markup
+    for frames in (first, second):
+        text = "".join(f["text"] for f in frames if f["type"] == "token")
+        assert "<|reserved_" not in text

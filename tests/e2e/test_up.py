@@ -85,7 +85,7 @@ async def test_up_detached_ready_then_down(tmp_path: Path, model_cache: Path) ->
         assert len(processes) >= 5, log_path.read_text()
         assert await http_status("127.0.0.1", edge_port, "/healthz") == 200
         log = log_path.read_text()
-        for service in ("nats-server", "tool actor", "chat actor", "edge"):
+        for service in ("nats-server", "tool-0", "chat-0", "edge-0"):
             assert f"{service} ready in" in log or f"{service} ready on" in log, log
 
         # just status reads the live system from the bus, as the observer user.
@@ -94,6 +94,10 @@ async def test_up_detached_ready_then_down(tmp_path: Path, model_cache: Path) ->
         table = status.stdout
         assert "tool  ready" in table and "chat  ready" in table, table
         assert "edge-" in table, table
+        # The launcher's own table: every slot ready, none restarted.
+        for slot in ("nats-server", "tool-0", "chat-0", "edge-0"):
+            row = next(line for line in table.splitlines() if line.startswith(slot))
+            assert row.split()[1] == "ready" and row.split()[3] == "0", table
 
         # The bus is locked down: the run's nats config has per-role users, and no
         # password of theirs reaches any log.

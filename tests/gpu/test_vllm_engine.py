@@ -22,8 +22,10 @@ pytest_asyncio = pytest.importorskip("pytest_asyncio")
 
 from actors.engines.base import EngineOutput, EngineRequestError, SamplingSpec  # noqa: E402
 from actors.engines.vllm_engine import VllmEngine  # noqa: E402
-from actors.prompts.chat import build_chat_prompt, persona_warm_prompt  # noqa: E402
+from actors.prompts.chat import ChatPrompts, build_chat_prompt, persona_warm_prompt  # noqa: E402
 from actors.prompts.hammer import build_tool_prompt  # noqa: E402
+from actors.prompts.units import UnitEncoder  # noqa: E402
+from bus.history import append_turn  # noqa: E402
 from configs.schema import ChatConfig, ToolConfig  # noqa: E402
 
 pytestmark = [
@@ -75,14 +77,23 @@ def chat(engines: tuple[VllmEngine, VllmEngine]) -> VllmEngine:
     return engines[1]
 
 
-def chat_prompt(engine: VllmEngine, utterance: str, persona: str = PERSONA) -> str:
-    return build_chat_prompt(
+def ids(engine: VllmEngine, text: str) -> list[int]:
+    return engine.tokenizer.encode(text, add_special_tokens=False)
+
+
+def chat_prompt(engine: VllmEngine, utterance: str, persona: str = PERSONA) -> list[int]:
+    text = build_chat_prompt(
         engine.tokenizer, persona_text=persona, history_text="", user_utterance=utterance
     ).text
+    return ids(engine, text)
+
+
+def tool_prompt(engine: VllmEngine, utterance: str) -> list[int]:
+    return ids(engine, build_tool_prompt(engine.tokenizer, user_utterance=utterance))
 
 
 async def collect(
-    engine: VllmEngine, prompt: str, sampling: SamplingSpec, request_id: str
+    engine: VllmEngine, prompt: list[int], sampling: SamplingSpec, request_id: str
 ) -> list[EngineOutput]:
     return [out async for out in engine.generate(prompt, sampling, request_id)]
 
@@ -105,7 +116,7 @@ async def test_chat_streams_deltas(chat: VllmEngine) -> None:
     assert all(out.finish_reason is None for out in outputs[:-1])
     assert outputs[-1].finish_reason in ("length", "stop")
     assert outputs[-1].completion_tokens <= 32
-    assert outputs[-1].prompt_tokens == len(chat.tokenizer.encode(prompt, add_special_tokens=False))
+    assert outputs[-1].prompt_tokens == len(prompt)
     assert "".join(out.text for out in outputs)
     await settled(chat)
 
@@ -113,7 +124,7 @@ async def test_chat_streams_deltas(chat: VllmEngine) -> None:
 async def test_tool_prompt_greedy_is_repeatable(tool: VllmEngine) -> None:
     """The Hammer prompt runs through vLLM, its fixed head is reused from the prefix cache,
     and greedy decoding over the same cached prefix gives the same text twice."""
-    prompt = build_tool_prompt(tool.tokenizer, user_utterance="can you look at my screen?")
+    prompt = tool_prompt(tool, "can you look at my screen?")
     greedy = SamplingSpec(max_tokens=10)
     # Random weights leave near-ties that flip with the prefill's shape, so both compared
     # runs start from the same cached prefix: the first run only fills the cache.
@@ -123,7 +134,7 @@ async def test_tool_prompt_greedy_is_repeatable(tool: VllmEngine) -> None:
     assert "".join(o.text for o in first) == "".join(o.text for o in second)
     assert first[-1].completion_tokens == 10 or first[-1].finish_reason == "stop"
     assert first[0].cached_tokens > first[0].prompt_tokens - 32
-    other = build_tool_prompt(tool.tokenizer, user_utterance="tell me a joke about penguins")
+    other = tool_prompt(tool, "tell me a joke about penguins")
     fresh = await collect(tool, other, greedy, "t3")
     # The task, tools and format sections come first and are shared by every turn.
     assert fresh[0].cached_tokens >= 256
@@ -210,9 +221,9 @@ async def test_concurrent_requests_with_cancellations(chat: VllmEngine) -> None:
 
 async def test_two_engines_serve_at_once(tool: VllmEngine, chat: VllmEngine) -> None:
     """Tool and chat engines, co-resident on one GPU, stream at the same time."""
-    tool_prompt = build_tool_prompt(tool.tokenizer, user_utterance="what's on my screen?")
+    screen = tool_prompt(tool, "what's on my screen?")
     tool_out, chat_out = await asyncio.gather(
-        collect(tool, tool_prompt, SamplingSpec(max_tokens=10), "both-t"),
+        collect(tool, screen, SamplingSpec(max_tokens=10), "both-t"),
         collect(
             chat, chat_prompt(chat, "hi"), SamplingSpec(max_tokens=40, temperature=1.0), "both-c"
         ),
@@ -226,9 +237,9 @@ async def test_two_engines_serve_at_once(tool: VllmEngine, chat: VllmEngine) -> 
 async def test_warm_persona_is_a_prefix_cache_hit(chat: VllmEngine) -> None:
     """After warm(persona), the next turn with that persona reads it from the cache."""
     persona = "You are Rex, blunt and funny, fond of old films and bad puns. " * 30
-    warm_text = persona_warm_prompt(chat.tokenizer, persona)
-    warmed = await chat.warm(warm_text)
-    assert warmed == len(chat.tokenizer.encode(warm_text, add_special_tokens=False))
+    warm_ids = ids(chat, persona_warm_prompt(chat.tokenizer, persona))
+    warmed = await chat.warm(warm_ids)
+    assert warmed == len(warm_ids)
     assert warmed > 256
     outputs = await collect(
         chat, chat_prompt(chat, "hello again", persona), SamplingSpec(max_tokens=4), "w1"
@@ -247,9 +258,44 @@ async def test_warm_persona_is_a_prefix_cache_hit(chat: VllmEngine) -> None:
 
 async def test_prompt_over_max_len_fails_only_that_request(tool: VllmEngine) -> None:
     """A prompt longer than max_model_len is a request error; the engine keeps serving."""
-    too_long = "word " * 8000
+    too_long = ids(tool, "word " * 8000)
     with pytest.raises(EngineRequestError):
         await collect(tool, too_long, SamplingSpec(max_tokens=2), "long")
-    ok = await collect(tool, "<|im_start|>user\nhi<|im_end|>\n", SamplingSpec(max_tokens=2), "ok")
+    hi = ids(tool, "<|im_start|>user\nhi<|im_end|>\n")
+    ok = await collect(tool, hi, SamplingSpec(max_tokens=2), "ok")
     assert ok[-1].finish_reason in ("length", "stop")
     await settled(tool)
+
+
+async def test_next_turn_warm_is_a_prefix_cache_hit(chat: VllmEngine) -> None:
+    """Warming the next turn's prefix (history + this exchange) makes the next turn read
+    all but its utterance from the cache: what the chat actor does between turns."""
+    prompts = ChatPrompts(UnitEncoder(chat.tokenizer))
+    history = "\n".join(
+        f"User: question {i} about the garden?\nAssistant: answer {i}." for i in range(40)
+    )
+    history = append_turn(history, "and the roses?", "They need sun, water and patience.")
+    warm_ids = await prompts.history_prefix(persona_text=PERSONA, history_text=history)
+    assert await chat.warm(warm_ids) == len(warm_ids)
+    turn = await prompts.turn(persona_text=PERSONA, history_text=history, user_utterance="ok!")
+    assert turn[: len(warm_ids)] == warm_ids
+    outputs = await collect(chat, turn, SamplingSpec(max_tokens=4), "next1")
+    # Whole KV blocks of the warm prompt (16 tokens or so) are reused.
+    assert outputs[0].cached_tokens >= len(warm_ids) - 32
+    await settled(chat)
+
+
+async def test_stop_string_is_matched_on_our_side(chat: VllmEngine) -> None:
+    """With detokenize=False vLLM never sees our stop strings; the engine cuts the text
+    there and ends the request, which leaves nothing running."""
+    prompt = chat_prompt(chat, "count with me")
+    greedy = SamplingSpec(max_tokens=16)
+    await collect(chat, prompt, greedy, "s0")  # fills the prefix cache (see above)
+    full = "".join(o.text for o in await collect(chat, prompt, greedy, "s1"))
+    if len(full) < 8:
+        pytest.skip(f"greedy answer too short to cut: {full!r}")
+    stop = full[4:7]
+    cut = await collect(chat, prompt, SamplingSpec(max_tokens=16, stop=(stop,)), "s2")
+    assert "".join(o.text for o in cut) == full[: full.index(stop)]
+    assert cut[-1].finish_reason == "stop" and cut[-1].completion_tokens < 16
+    await settled(chat)

@@ -23,6 +23,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from bus.history import append_turn
 from clients import bench, warmup
 from clients.turn import open_stream, run_turn, start_message
 
@@ -238,6 +239,38 @@ async def test_bench_json_both_modes(mode: str) -> None:
         assert stub.connections == 3 and len(sessions) == 3
     else:
         assert stub.connections == 6 and len(sessions) == 6
+
+
+async def test_bench_persistent_sessions_carry_their_conversation() -> None:
+    """In persistent mode each session's next start carries its history so far, in the
+    canonical format, with the reply as the client received it; --no-history sends none."""
+    async with _stub() as stub:
+        status, _ = await _bench_json(stub, "-n", "3", "-c", "1", "--mode", "persistent", "hey")
+        assert status == 0
+        histories = [start["history_text"] for start in stub.starts()]
+    one = append_turn("", "hey", NORMALIZED)
+    assert histories == ["", one, append_turn(one, "hey", NORMALIZED)]
+    async with _stub() as stub:
+        status, _ = await _bench_json(
+            stub, "-n", "2", "-c", "1", "--mode", "persistent", "--no-history"
+        )
+        assert status == 0 and [s["history_text"] for s in stub.starts()] == ["", ""]
+
+
+async def test_warmup_holds_a_conversation() -> None:
+    """--turns 2 sends the second start with the first exchange as its history and prints
+    each turn's usage."""
+    async with _stub() as stub:
+        out = io.StringIO()
+        status = await warmup.amain(["--turns", "2", "hi", "there"], _env(stub), out)
+        first, second = stub.starts()
+    text = out.getvalue()
+    assert status == 0, text
+    assert first["history_text"] == "" and first["user_utterance"] == "hi there"
+    assert second["history_text"] == append_turn("", "hi there", NORMALIZED)
+    assert second["session_id"] == first["session_id"]
+    usage = [json.loads(line) for line in text.splitlines() if line.startswith('{"type": "usage"')]
+    assert [u["completion_tokens"] for u in usage] == [len(WORDS), len(WORDS)]
 
 
 async def test_bench_turns_per_connection() -> None:

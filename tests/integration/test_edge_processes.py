@@ -25,7 +25,8 @@ from bus.codec import Codec
 from launcher.nats import NatsServer
 from launcher.net import free_port
 from launcher.process import ChildProcess
-from tests.support.system import write_config
+from launcher.tomlfile import write_config
+from tests.support.stack import make_config
 
 API_KEY = "two-edges"
 LIMIT = 3
@@ -82,17 +83,17 @@ async def test_two_edge_processes_share_one_limit(nats_server: NatsServer, tmp_p
     port = free_port()
     config = write_config(
         tmp_path / "edge.toml",
-        {
-            "edge": {
+        make_config(
+            nats_server.url,
+            edge={
                 "port": port,
                 "api_key": API_KEY,
                 "max_concurrent_connections": LIMIT,
                 "processes": 2,
                 "slots_path": str(tmp_path / "slots"),
             },
-            "bus": {"url": nats_server.url},
-            "log": {"level": "INFO", "format": "text"},
-        },
+            log={"level": "INFO", "format": "text"},
+        ),
     )
     url = f"ws://127.0.0.1:{port}/ws?api_key={API_KEY}"
     async with contextlib.AsyncExitStack() as stack:

@@ -8,8 +8,11 @@ ordering, readiness, shutdown and "no orphans" without loading any model.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -17,17 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats
 import pytest
 
+from bus import subjects
 from configs.loader import load_config
 from configs.schema import Config
 from launcher.net import http_status
+from launcher.plan import with_cluster
+from launcher.preflight import PortInUse
 from launcher.process import ChildProcess
-from launcher.supervisor import LaunchOptions, Supervisor
+from launcher.supervisor import Launcher, LaunchOptions, Supervisor
 from tests.support.fakes import (
     ACTORS_MODULE,
     EDGE_MODULE,
     fake_env,
+    read_env,
     read_events,
 )
 from tests.support.ports import free_port
@@ -99,20 +107,28 @@ def test_children_die_when_the_launcher_is_killed() -> None:
 # --- Supervisor -----------------------------------------------------------------------
 
 
-def _config(tmp_path: Path, env: Mapping[str, str]) -> Config:
+def _config(tmp_path: Path, env: Mapping[str, str], **sections: dict[str, Any]) -> Config:
+    """The default config on free ports, with ``sections`` merged in."""
     config = load_config(None, env)
-    server = msgspec.structs.replace(
-        config.nats_server, port=0, monitor_port=0, store_dir=str(tmp_path / "nats")
-    )
-    return msgspec.structs.replace(config, nats_server=server)
+    data = msgspec.to_builtins(config)
+    data["nats_server"].update(port=0, monitor_port=0, store_dir=str(tmp_path / "nats"))
+    data["actor"].update(tool_metrics_port=0, chat_metrics_port=0)
+    # Fast backoff: the tests wait for restarts, not for politeness.
+    data["launcher"].update(backoff_initial_s=0.05, backoff_max_s=0.2)
+    data["edge"].update(actor_lost_after_s=0.1)
+    for section, values in sections.items():
+        data[section].update(values)
+    return msgspec.convert(data, Config)
 
 
-def _fake_options(**overrides: Any) -> LaunchOptions:
+def _fake_options(tmp_path: Path, **overrides: Any) -> LaunchOptions:
     return LaunchOptions(
+        work_dir=tmp_path / "run",
         actors_module=ACTORS_MODULE,
         edge_module=EDGE_MODULE,
         actor_ready_timeout_s=_DEADLINE_S,
         edge_ready_timeout_s=_DEADLINE_S,
+        seed=1,
         **overrides,
     )
 
@@ -123,6 +139,7 @@ class _Run:
     def __init__(self, config: Config, supervisor: Supervisor, ready: asyncio.Event) -> None:
         self.config = config
         self.supervisor = supervisor
+        self.launcher = supervisor.launcher
         self.ready = ready
         self.task = asyncio.ensure_future(supervisor.run())
 
@@ -142,15 +159,34 @@ class _Run:
                 found |= {identity} | descendants(pid)
         return found
 
+    async def stop(self) -> int:
+        self.supervisor.request_stop()
+        return await asyncio.wait_for(self.task, _DEADLINE_S)
+
 
 def _start(
-    tmp_path: Path, events: Path, options: LaunchOptions | None = None, **env_extra: str
+    tmp_path: Path,
+    events: Path,
+    options: LaunchOptions | None = None,
+    sections: Mapping[str, dict[str, Any]] | None = None,
+    **env_extra: str,
 ) -> _Run:
     env = fake_env(os.environ, events, YAP_EDGE_PORT=str(free_port()), **env_extra)
     ready = asyncio.Event()
-    config = _config(tmp_path, env)
-    supervisor = Supervisor(config, env, options or _fake_options(), on_ready=ready.set)
+    config = _config(tmp_path, env, **(sections or {}))
+    supervisor = Supervisor(
+        config, env, options or _fake_options(tmp_path), on_ready=lambda _: ready.set()
+    )
     return _Run(config, supervisor, ready)
+
+
+async def _until(condition: Callable[[], bool], what: str = "condition") -> None:
+    """Poll ``condition``: the states below change in other processes and tasks."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _DEADLINE_S
+    while not condition():
+        assert loop.time() < deadline, f"{what} not met in time"
+        await asyncio.sleep(0.01)
 
 
 async def test_starts_in_order_and_stops_in_reverse(tmp_path: Path) -> None:
@@ -158,16 +194,57 @@ async def test_starts_in_order_and_stops_in_reverse(tmp_path: Path) -> None:
     events = tmp_path / "events"
     run = _start(tmp_path, events)
     await run.until_ready()
-    assert read_events(events) == ["start tool", "start chat", "start edge"]
-    assert set(run.supervisor.pids) == {"nats-server", "tool actor", "chat actor", "edge"}
+    assert read_events(events) == ["start tool-0", "start chat-0", "start edge-0"]
+    assert set(run.supervisor.pids) == {"nats-server", "tool-0", "chat-0", "edge-0"}
     assert await http_status(run.config.edge.host, run.config.edge.port, "/healthz") == 200
     processes = run.processes()
 
-    run.supervisor.request_stop()
-    assert await asyncio.wait_for(run.task, _DEADLINE_S) == 0
+    assert await run.stop() == 0
 
-    assert read_events(events)[3:] == ["stop edge", "stop chat", "stop tool"]
+    assert read_events(events)[3:] == ["stop edge-0", "stop chat-0", "stop tool-0"]
     assert not await until_gone(processes)
+
+
+async def test_replicas_start_one_after_the_other_with_their_slots(tmp_path: Path) -> None:
+    """chat=3 starts chat-0, chat-1, chat-2 in order, each with its GPU, its share of
+    it and its own metrics port; two edges are edge-0 and edge-1 on one port."""
+    events = tmp_path / "events"
+    run = _start(
+        tmp_path,
+        events,
+        sections={
+            "actor": {
+                "chat_replicas": 3,
+                "chat_gpus": ["0", "0", "1"],
+                "chat_gpu_fracs": [0.45, 0.45, 0.9],
+                "chat_metrics_port": 0,
+            },
+            "edge": {"processes": 2},
+        },
+    )
+    await run.until_ready()
+    try:
+        assert read_events(events) == [
+            "start tool-0",
+            "start chat-0",
+            "start chat-1",
+            "start chat-2",
+            "start edge-0",
+            "start edge-1",
+        ]
+        chat2 = read_env(events, "chat-2")
+        assert chat2["YAP_ACTOR_ID"] == "chat-2"
+        assert chat2["CUDA_VISIBLE_DEVICES"] == "1"
+        assert chat2["CHAT_GPU_FRAC"] == "0.9"
+        assert read_env(events, "chat-0")["CUDA_VISIBLE_DEVICES"] == "0"
+        assert read_env(events, "edge-1")["YAP_EDGE_ID"] == "edge-1"
+        # Per-process bus credentials, by role until permissions are per id.
+        # One bus user per process id.
+        assert read_env(events, "edge-1")["YAP_BUS_USER"] == "edge-1"
+        assert read_env(events, "chat-1")["YAP_BUS_USER"] == "chat-1"
+        assert "CUDA_VISIBLE_DEVICES" not in read_env(events, "tool-0")
+    finally:
+        assert await run.stop() == 0
 
 
 @pytest.mark.parametrize("deploy", ["chat", "tool"])
@@ -176,35 +253,175 @@ async def test_skips_the_actor_not_deployed(tmp_path: Path, deploy: str) -> None
     events = tmp_path / "events"
     run = _start(tmp_path, events, DEPLOY_MODELS=deploy)
     await run.until_ready()
-    run.supervisor.request_stop()
-    assert await asyncio.wait_for(run.task, _DEADLINE_S) == 0
-    assert read_events(events) == [f"start {deploy}", "start edge", "stop edge", f"stop {deploy}"]
+    assert await run.stop() == 0
+    assert read_events(events) == [
+        f"start {deploy}-0",
+        "start edge-0",
+        "stop edge-0",
+        f"stop {deploy}-0",
+    ]
 
 
-@pytest.mark.parametrize("crasher", ["tool", "chat", "edge"])
-async def test_a_service_exiting_stops_everything(tmp_path: Path, crasher: str) -> None:
-    """When any service exits on its own, the rest are stopped and run() returns 1."""
+@pytest.mark.parametrize("crasher", ["tool-0", "chat-0", "edge-0"])
+async def test_a_start_failure_stops_everything_without_retrying(
+    tmp_path: Path, crasher: str
+) -> None:
+    """A service that dies during the first start is a start failure: the rest are
+    stopped, run() returns 1, and it is never started again."""
     events = tmp_path / "events"
-    run = _start(tmp_path, events, YAP_FAKE_CRASH=crasher)
+    run = _start(tmp_path, events, YAP_FAKE_RUNS=f"{crasher}=die")
     seen: set[ProcessId] = set()
 
     def collect() -> None:
         seen.update(run.processes())
 
     assert await _polling(run.task, collect) == 1
+    assert read_events(events).count(f"start {crasher}") == 1
     assert f"stop {crasher}" not in read_events(events)
     assert not await until_gone(seen)
+
+
+async def test_a_crashed_actor_is_restarted_and_the_rest_keep_serving(tmp_path: Path) -> None:
+    """SIGKILL of a ready chat actor restarts it in its slot; a death while it starts
+    again is one more crash; the other services keep their processes throughout, and
+    the restarts show in the status and in the Prometheus counter."""
+    events = tmp_path / "events"
+    metrics_port = free_port()
+    run = _start(
+        tmp_path,
+        events,
+        sections={"launcher": {"metrics_port": metrics_port}},
+        YAP_FAKE_RUNS="chat-0=ready,die,ready",
+    )
+    await run.until_ready()
+    try:
+        before = dict(run.supervisor.pids)
+        chat = run.launcher.services["chat-0"]
+        await chat.kill()
+        await _until(lambda: chat.state == "ready" and chat.restarts == 2, "chat-0 back")
+        assert read_events(events).count("start chat-0") == 3
+        after = run.supervisor.pids
+        assert after["chat-0"] != before["chat-0"]
+        assert {k: v for k, v in after.items() if k != "chat-0"} == {
+            k: v for k, v in before.items() if k != "chat-0"
+        }
+        status = {s.name: s for s in run.launcher.status()}
+        assert status["chat-0"].restarts == 2 and status["chat-0"].last_exit == "code 3"
+        assert status["tool-0"].restarts == 0 and status["tool-0"].state == "ready"
+        scrape = await _http_get("127.0.0.1", metrics_port, "/metrics")
+        assert 'yap_launcher_restarts_total{reason="killed by SIGKILL",service="chat-0"} 1.0' in (
+            scrape
+        )
+        assert 'yap_launcher_restarts_total{reason="code 3",service="chat-0"} 1.0' in scrape
+        assert not run.task.done()
+    finally:
+        assert await run.stop() == 0
+
+
+async def test_gives_up_after_max_crashes_in_the_window(tmp_path: Path) -> None:
+    """An actor that crashes again after every restart is given up on at the K-th
+    crash: everything stops in order and run() returns 3."""
+    events = tmp_path / "events"
+    run = _start(
+        tmp_path,
+        events,
+        sections={"launcher": {"max_crashes": 3}},
+        YAP_FAKE_RUNS="tool-0=ready,crash,crash,crash,crash",
+    )
+    await run.until_ready()
+    processes = run.processes()
+    await run.launcher.services["tool-0"].kill()
+    assert await asyncio.wait_for(run.task, _DEADLINE_S) == 3
+    # The first run, then two restarts: the third crash gives up.
+    assert read_events(events).count("start tool-0") == 3
+    assert read_events(events)[-2:] == ["stop edge-0", "stop chat-0"]
+    assert "tool-0 crashed 3 times within 60 s" in (run.launcher.failure or "")
+    assert not await until_gone(processes)
+
+
+async def test_nats_server_restarts_on_its_port_and_data_dir(tmp_path: Path) -> None:
+    """A killed nats-server comes back on the same port with its JetStream data; the
+    actors stay up."""
+    events = tmp_path / "events"
+    run = _start(tmp_path, events, _fake_options(tmp_path, start_nats=True))
+    await run.until_ready()
+    try:
+        node = run.launcher.services["nats-server"]
+        url = run.launcher.bus_urls[0]
+        edge = run.launcher.credentials("edge-0")
+        assert edge is not None
+        inbox = subjects.inbox_prefix("edge-0")  # the edge's user reads only its own inbox
+        client = await nats.connect(url, user=edge.user, password=edge.password, inbox_prefix=inbox)
+        try:
+            kv = await client.jetstream().create_key_value(bucket="yap_sessions")
+            await kv.put("s1", b"kept")
+        finally:
+            await client.close()
+        actor_pid = run.supervisor.pids["chat-0"]
+        await node.kill()
+        await _until(lambda: node.state == "ready" and node.restarts == 1, "nats back")
+        assert run.launcher.bus_urls[0] == url
+        client = await nats.connect(url, user=edge.user, password=edge.password, inbox_prefix=inbox)
+        try:
+            kv = await client.jetstream().key_value("yap_sessions")
+            assert (await kv.get("s1")).value == b"kept"
+        finally:
+            await client.close()
+        assert run.supervisor.pids["chat-0"] == actor_pid
+    finally:
+        assert await run.stop() == 0
+
+
+async def test_secrets_at_rest_are_private(tmp_path: Path) -> None:
+    """The generated nats-server.conf (every role's password) is 0600 in a 0700
+    directory, the run's config 0600, and no password is in the config children read."""
+    events = tmp_path / "events"
+    run = _start(tmp_path, events)
+    await run.until_ready()
+    try:
+        conf = tmp_path / "nats" / "nats-server.conf"
+        assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+        assert stat.S_IMODE(conf.parent.stat().st_mode) == 0o700
+        config_path = run.launcher.config_path
+        assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+        actor = run.launcher.credentials("chat-0")
+        assert actor is not None and actor.password in conf.read_text()
+        assert actor.password not in config_path.read_text()
+    finally:
+        assert await run.stop() == 0
+
+
+async def test_a_taken_port_refuses_before_anything_starts(tmp_path: Path) -> None:
+    """With the edge port taken, nothing starts and the error names the port, its
+    holder and the setting that moves it."""
+    events = tmp_path / "events"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = fake_env(os.environ, events, YAP_EDGE_PORT=str(port))
+        launcher = Launcher(_config(tmp_path, env), env, _fake_options(tmp_path))
+        with pytest.raises(PortInUse) as refused:
+            async with launcher:
+                pass
+    message = str(refused.value)
+    assert f"port {port} on 127.0.0.1 (edge)" in message
+    assert f"pid {os.getpid()}" in message
+    assert "edge.port, --edge-port" in message
+    assert "\n" not in message
+    assert read_events(events) == []
+    assert not (tmp_path / "nats" / "nats-server.conf").exists()
 
 
 async def test_a_service_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
     """A service that ignores SIGTERM is SIGKILLed after stop_timeout_s; others stop."""
     events = tmp_path / "events"
-    run = _start(tmp_path, events, _fake_options(stop_timeout_s=0.5), YAP_FAKE_HANG="chat")
+    options = _fake_options(tmp_path, stop_timeout_s=0.5)
+    run = _start(tmp_path, events, options, YAP_FAKE_HANG="chat")
     await run.until_ready()
     processes = run.processes()
-    run.supervisor.request_stop()
-    assert await asyncio.wait_for(run.task, _DEADLINE_S) == 0
-    assert read_events(events)[3:] == ["stop edge", "stop tool"]
+    assert await run.stop() == 0
+    assert read_events(events)[3:] == ["stop edge-0", "stop tool-0"]
     assert not await until_gone(processes)
 
 
@@ -213,22 +430,78 @@ async def test_stop_during_startup(tmp_path: Path) -> None:
     events = tmp_path / "events"
     run = _start(tmp_path, events, YAP_FAKE_SILENT="tool")
 
-    def tool_started() -> bool:
-        return "start tool" in read_events(events)
-
-    await _poll_until(tool_started)
-    run.supervisor.request_stop()
-    assert await asyncio.wait_for(run.task, _DEADLINE_S) == 0
-    assert read_events(events) == ["start tool", "stop tool"]
+    await _until(lambda: "start tool-0" in read_events(events), "tool started")
+    assert await run.stop() == 0
+    assert read_events(events) == ["start tool-0", "stop tool-0"]
     assert not run.ready.is_set()
 
 
-async def _poll_until(condition: Callable[[], bool]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _DEADLINE_S
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+async def test_three_node_cluster_survives_a_node(tmp_path: Path) -> None:
+    """--cluster 3: three nodes route to each other; a killed node is restarted
+    and rejoins, and a message still crosses the cluster meanwhile."""
+    events = tmp_path / "events"
+    env = fake_env(os.environ, events, YAP_EDGE_PORT=str(free_port()))
+    # Port 0 everywhere: each node gets free ports of its own, routes included.
+    config = with_cluster(_config(tmp_path, env, nats_server={"cluster_port": 0}), 3)
+    ready = asyncio.Event()
+    supervisor = Supervisor(config, env, _fake_options(tmp_path), on_ready=lambda _: ready.set())
+    run = _Run(config, supervisor, ready)
+    await run.until_ready()
+    try:
+        launcher = run.launcher
+        assert [s.name for s in launcher.status()][:3] == ["nats-0", "nats-1", "nats-2"]
+        assert len(launcher.bus_urls) == 3
+        assert launcher.effective_config.edge.session_replicas == 3
+        edge = launcher.credentials("edge-0")
+        assert edge is not None
+        urls = list(launcher.bus_urls)
+        moved = asyncio.Event()
+
+        async def on_reconnect() -> None:
+            moved.set()
+
+        # On node 0 first (no shuffling), failing over to the others when it dies.
+        first = await nats.connect(
+            servers=urls,
+            user=edge.user,
+            password=edge.password,
+            dont_randomize=True,
+            reconnect_time_wait=0.05,
+            reconnected_cb=on_reconnect,
+        )
+        actor = launcher.credentials("chat-0")
+        assert actor is not None
+        second = await nats.connect(urls[2], user=actor.user, password=actor.password)
+        try:
+            assert first.connected_url is not None and first.connected_url.port == int(
+                urls[0].rsplit(":", 1)[1]
+            )
+            subject = subjects.cancel("s1")
+            sub = await second.subscribe(subject)
+            await second.flush()
+            node = launcher.services["nats-0"]
+            await node.kill()
+            async with asyncio.timeout(_DEADLINE_S):
+                await moved.wait()
+            await first.publish(subject, b"across")
+            assert (await sub.next_msg(timeout=5)).data == b"across"
+            await _until(lambda: node.state == "ready" and node.restarts == 1, "node back")
+        finally:
+            await first.close()
+            await second.close()
+    finally:
+        assert await run.stop() == 0
+
+
+async def _http_get(host: str, port: int, path: str) -> str:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(_DEADLINE_S):
+            return (await reader.read()).decode()
+    finally:
+        writer.close()
 
 
 async def _polling(task: asyncio.Future[int], probe: Callable[[], None]) -> int:
@@ -332,6 +605,22 @@ async def test_up_detached_then_down(tmp_path: Path) -> None:
         assert await http_status("127.0.0.1", edge_port, "/healthz") == 200
         assert _cli("status", cwd=tmp_path, env=env).returncode == 0
 
+        # A crash shows in `just status`: the slot, its restarts and how it ended.
+        services = tmp_path / ".yap" / "run" / "services.json"
+        chat_pid = next(s["pid"] for s in json.loads(services.read_text()) if s["name"] == "chat-0")
+        os.kill(chat_pid, signal.SIGKILL)
+
+        def restarted() -> bool:
+            rows = {s["name"]: s for s in json.loads(services.read_text())}
+            return rows["chat-0"]["restarts"] == 1 and rows["chat-0"]["state"] == "ready"
+
+        await _until(restarted, "chat-0 restarted")
+        table = _cli("status", "--once", cwd=tmp_path, env=env).stdout
+        row = next(line for line in table.splitlines() if line.startswith("chat-0"))
+        assert row.split()[1:2] == ["ready"] and row.split()[3] == "1", table
+        assert "killed by SIGKILL" in row, table
+        processes |= descendants(launcher[0])
+
         again = _up_detached(tmp_path, env, free_port())
         assert again.returncode == 1
         assert "already running" in again.stderr
@@ -350,5 +639,37 @@ def test_up_detached_reports_a_failed_start(tmp_path: Path) -> None:
     result = _up_detached(tmp_path, env, free_port())
     assert result.returncode == 1
     assert "FAILED" in result.stderr
-    assert "tool actor exited unexpectedly" in result.stderr
+    assert "tool-0 exited unexpectedly (code 3)" in result.stderr
     assert not (tmp_path / ".yap" / "run" / "launcher.pid").exists()
+
+
+def test_up_refuses_a_taken_port_in_one_line(tmp_path: Path) -> None:
+    """up with the nats port taken starts nothing and says so in one line naming
+    the port, its holder and the flag that moves it."""
+    env = _cli_env(tmp_path / "events")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = _cli(
+            "up",
+            "--edge-port",
+            str(free_port()),
+            "--nats-port",
+            str(port),
+            "--nats-monitor-port",
+            "0",
+            "--actors-module",
+            ACTORS_MODULE,
+            "--edge-module",
+            EDGE_MODULE,
+            cwd=tmp_path,
+            env=env,
+        )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert f"port {port} on 127.0.0.1 (nats-server clients) is already in use by pid" in (errors[0])
+    assert "--nats-port" in errors[0]
+    assert "starting" not in result.stderr and "Traceback" not in result.stderr
+    assert read_events(tmp_path / "events") == []

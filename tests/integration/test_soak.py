@@ -253,8 +253,7 @@ async def test_soak(nats_server) -> None:
         # No turn is left in any actor's table, cancel races included.
         stale_turns = sum(actor.running for actor in stack.actors)
         for actor in stack.actors:  # the fake engines' own records, not the system's
-            actor.engine.prompts.clear()  # type: ignore[attr-defined]
-            actor.engine.aborted.clear()  # type: ignore[attr-defined]
+            actor.engine.clear_records()  # type: ignore[attr-defined]
         gc.collect()
         growth = (
             tracemalloc.take_snapshot().filter_traces(NOT_OURS).compare_to(memory_before, "lineno")

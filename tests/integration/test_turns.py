@@ -8,7 +8,15 @@ import uuid
 
 import pytest
 
-from tests.support.stack import make_config, read_turn, recv_json, run_stack, start_message
+from bus.history import append_turn
+from tests.support.stack import (
+    client_warms,
+    make_config,
+    read_turn,
+    recv_json,
+    run_stack,
+    start_message,
+)
 
 
 def _types(frames: list[dict]) -> list[str]:
@@ -153,7 +161,9 @@ async def test_set_persona_and_warm(nats_server) -> None:
         warmed = [await recv_json(ws), await recv_json(ws)]
         assert sorted(w["segment"] for w in warmed) == ["history", "persona"]
         assert all(w["type"] == "warmed" and w["bytes"] > 0 for w in warmed)
-        assert len(stack.engines("chat")[0].warmed) == 2
+        # The client's two warms; the actor's own next-turn warm comes on top.
+        engine = stack.engines("chat")[0]
+        assert len(client_warms(engine)) == 2
 
 
 async def _refused_with(url: str, **headers: str) -> int | None:
@@ -246,7 +256,7 @@ async def test_session_affinity_keeps_the_prefix_cache(nats_server) -> None:
             await read_turn(ws)
         chats = [a for a in stack.actors if a.kind == "chat"]
         served = [len(a.engine.prompts) for a in chats]  # type: ignore[attr-defined]
-        warmed = [len(a.engine.warmed) for a in chats]  # type: ignore[attr-defined]
+        warmed = [len(client_warms(a.engine)) for a in chats]  # type: ignore[arg-type]
         home = served.index(max(served))
         assert served[home] == 7 and served[1 - home] == 0
         assert warmed[home] == 1
@@ -278,3 +288,24 @@ async def test_actor_metrics_endpoint(nats_server) -> None:
     assert 'yap_actor_first_output_seconds_count{kind="chat"} 1.0' in body
     assert 'yap_actor_token_events_total{kind="chat"} 12.0' in body
     assert "yap_actor_engine_running 0.0" in body
+
+
+async def test_next_turn_starts_with_the_prewarmed_prefix(nats_server) -> None:
+    """After a reply the chat actor warms the next turn's prefix; a client that builds
+    its history with bus.history sends a next turn whose prompt starts with it."""
+    config = make_config(nats_server.url)
+    history = "User: hello\nAssistant: hi there."
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(start_message("warm1", "tell me more", history_text=history))
+        frames = await read_turn(ws)
+        reply = next(f for f in frames if f["type"] == "final")["normalized_text"]
+        engine = stack.engines("chat")[0]
+        async with asyncio.timeout(5):
+            await engine.warm_seen.wait()
+        history = append_turn(history, "tell me more", reply)
+        await ws.send(start_message("warm1", "and then?", history_text=history))
+        await read_turn(ws)
+    warm = engine.warmed_ids[0]  # the one warmed after the first reply
+    turn = engine.prompt_ids[-1]
+    assert turn[: len(warm)] == warm
+    assert len(warm) > len(turn) - 40  # all but the utterance and its markup

@@ -27,7 +27,10 @@ async def run(kind: ActorKind, bus: BusConfig, fake: FakeBehaviour) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     actor_id = os.environ.get("YAP_ACTOR_ID") or f"fake-{kind}-{os.getpid()}"
     heartbeat = Codec().encode(Heartbeat(actor_id=actor_id, kind=kind, interval_s=_INTERVAL_S))
-    nc = await nats.connect(bus.url, user=bus.user, password=bus.password)
+    nc = await nats.connect(servers=list(bus.urls), user=bus.user, password=bus.password)
+    if fake.die:  # like an engine that fails to load: connected, never ready
+        await nc.close()
+        return CRASH_CODE
     try:
         while not stop.is_set():
             if not fake.silent:
@@ -52,6 +55,7 @@ def main() -> int:
     config = load_config(args.config, os.environ)
     fake = FakeBehaviour(args.kind, dict(os.environ))
     fake.record("start")
+    fake.record_env(dict(os.environ))
     return asyncio.run(run(args.kind, config.bus, fake))
 
 

@@ -28,7 +28,10 @@ async def run(host: str, port: int, fake: FakeBehaviour) -> int:
         if fake.crash:
             crashed.set()
 
-    async with await asyncio.start_server(answer, host, port):
+    if fake.die:
+        return CRASH_CODE
+    # Several fake edges share one port, as real ones do.
+    async with await asyncio.start_server(answer, host, port, reuse_port=True):
         stopped = asyncio.ensure_future(stop.wait())
         died = asyncio.ensure_future(crashed.wait())
         await asyncio.wait([stopped, died], return_when=asyncio.FIRST_COMPLETED)
@@ -47,6 +50,7 @@ def main() -> int:
     config = load_config(args.config, os.environ)
     fake = FakeBehaviour("edge", dict(os.environ))
     fake.record("start")
+    fake.record_env(dict(os.environ))
     return asyncio.run(run(config.edge.host, config.edge.port, fake))
 
 

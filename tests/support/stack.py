@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
-from actors.chat import ChatWorker
+from actors.chat import NEXT_WARM_PREFIX, ChatWorker
 from actors.engines.fake import FakeEngine
 from actors.service import ActorService
 from actors.tool import ToolWorker
@@ -22,7 +22,7 @@ from bus.codec import Codec
 from configs.schema import BusConfig, Config
 from edge.server import EdgeServer
 
-__all__ = ["Stack", "make_config", "read_turn", "recv_json", "run_stack"]
+__all__ = ["Stack", "client_warms", "make_config", "read_turn", "recv_json", "run_stack"]
 
 API_KEY = "test-key"
 
@@ -39,6 +39,16 @@ def make_config(nats_url: str, **sections: dict[str, Any]) -> Config:
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     return msgspec.convert(data, Config)
+
+
+def client_warms(engine: FakeEngine) -> list[str]:
+    """The prompts of the warm requests clients asked for (warm_persona, warm_history),
+    leaving out the chat actor's own next-turn warms."""
+    return [
+        text
+        for text, rid in zip(engine.warmed, engine.warm_request_ids, strict=True)
+        if not (rid or "").startswith(NEXT_WARM_PREFIX)
+    ]
 
 
 @dataclass

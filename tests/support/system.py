@@ -1,63 +1,105 @@
-"""The real system in processes, for end-to-end tests: actors and edge started with
-``python -m``, tiny transformers models, a real nats-server, real WebSockets."""
+"""The real system in processes, for end-to-end tests: actors and edge started by the
+launcher library (``python -m actors``, ``python -m edge``), tiny transformers models,
+a real nats-server, real WebSockets."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+import msgspec
 import nats
 
 from bus import subjects
 from bus.codec import Codec
-from launcher.net import free_port, http_status
+from configs.schema import Config
 from launcher.process import ChildProcess
+from launcher.services import ChildService
+from launcher.supervisor import Launcher, LaunchOptions
+from tests.support.ports import free_port
 
-__all__ = ["System", "run_system"]
+__all__ = ["API_KEY", "System", "run_system", "system_config"]
 
 API_KEY = "e2e-key"
+_READY_TIMEOUT_S = 120.0
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value)
-
-
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    lines: list[str] = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
-@dataclass
 class System:
-    nats_url: str
-    edge_port: int
-    workdir: Path
-    processes: dict[str, ChildProcess] = field(default_factory=dict)
+    """A running system; ``processes`` names them as before the launcher ran them
+    (``tool0``, ``chat1``, ``edge``), ``services`` by their slots (``chat-0``)."""
+
+    def __init__(
+        self,
+        launcher: Launcher,
+        nats_url: str,
+        workdir: Path,
+        tools: int,
+        changes: asyncio.Condition,
+    ) -> None:
+        self.launcher = launcher
+        self._changes = changes
+        self.nats_url = nats_url
+        self.workdir = workdir
+        self.edge_port = launcher.effective_config.edge.port
+        # The old names counted tools and chats together: tool0, chat1, chat2.
+        self._legacy: dict[str, str] = {}
+        for slot in launcher.plan.actors:
+            index = slot.index if slot.kind == "tool" else tools + slot.index
+            self._legacy[f"{slot.kind}{index}"] = slot.name
+        self._legacy["edge"] = "edge-0"
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.edge_port}/ws?api_key={API_KEY}"
 
+    @property
+    def services(self) -> dict[str, ChildService]:
+        """Actor and edge slots by name; a slot's process changes when it restarts."""
+        return {
+            name: service
+            for name, service in self.launcher.services.items()
+            if isinstance(service, ChildService)
+        }
+
+    @property
+    def processes(self) -> dict[str, ChildProcess]:
+        """The current process of each actor and edge, by its old name."""
+        services = self.services
+        return {
+            old: child
+            for old, slot in self._legacy.items()
+            if slot in services and (child := services[slot].child) is not None
+        }
+
+    def slot(self, name: str) -> str:
+        """The slot name for an old name (``chat1`` -> ``chat-0``); slots pass through."""
+        return self._legacy.get(name, name)
+
     def log(self, name: str) -> str:
-        path = self.workdir / f"{name}.log"
+        path = self.workdir / f"{self.slot(name)}.log"
         return path.read_text() if path.exists() else ""
 
     async def kill(self, name: str) -> None:
-        await self.processes[name].kill()
+        await self.services[self.slot(name)].kill()
+
+    async def until_ready(self, name: str, *, restarts: int, within: float) -> None:
+        """Wait until slot ``name`` is ready after at least ``restarts`` restarts.
+
+        Woken by the launcher's own change callback, so no polling; counting restarts
+        keeps a slot that has not yet noticed its process died from passing as back.
+
+        Raises:
+            TimeoutError: it was not back within ``within`` seconds.
+        """
+        service = self.services[self.slot(name)]
+        async with asyncio.timeout(within), self._changes:
+            await self._changes.wait_for(
+                lambda: service.state == "ready" and service.restarts >= restarts
+            )
 
     async def actor_load(self, within: float = 10.0) -> dict[str, int]:
         """Running engine requests per live actor, once every actor reports zero.
@@ -88,6 +130,46 @@ class System:
         return loads
 
 
+def system_config(
+    nats_url: str,
+    model_cache: Path,
+    *,
+    deploy: str = "both",
+    concurrent: bool = False,
+    tools: int = 1,
+    chats: int = 1,
+    edge: Mapping[str, Any] | None = None,
+    long_chat: bool = False,
+    restart: bool = True,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """The config :func:`run_system` runs: tiny models, fast heartbeats, a free port."""
+    engine = {"backend": "transformers", "model": "tiny-qwen2", "model_cache_dir": str(model_cache)}
+    data: dict[str, dict[str, Any]] = {
+        "edge": {"port": free_port(), "api_key": API_KEY, **(edge or {})},
+        "bus": {"url": nats_url},
+        "models": {"deploy": deploy, "concurrent_model_call": concurrent},
+        "tool": engine,
+        "chat": {
+            **engine,
+            "max_out": 4000 if long_chat else 48,
+            "sampling": {"ignore_eos": long_chat},
+        },
+        "actor": {
+            "heartbeat_interval_s": 0.1,
+            "drain_timeout_s": 2.0,
+            "tool_replicas": tools,
+            "chat_replicas": chats,
+        },
+        # Quick to come back, and never giving up for the length of a test.
+        "launcher": {"restart": restart, "backoff_initial_s": 0.2, "max_crashes": 20},
+        "log": {"level": "INFO", "format": "text"},
+    }
+    for section, values in (sections or {}).items():
+        data.setdefault(section, {}).update(values)
+    return msgspec.convert(data, Config)
+
+
 @contextlib.asynccontextmanager
 async def run_system(
     workdir: Path,
@@ -100,84 +182,46 @@ async def run_system(
     chats: int = 1,
     edge: dict[str, Any] | None = None,
     long_chat: bool = False,
+    restart: bool = True,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[System]:
     """Start actors (one after the other, as on a GPU) and the edge; stop them after.
 
-    ``long_chat`` makes every reply 4,000 tokens, past the model's eos, so a test can
-    act on a turn that is surely still running.
+    The launcher supervises them as ``just up`` does: a process that dies is
+    restarted in its slot (``restart=False``: it stays dead). ``long_chat`` makes
+    every reply 4,000 tokens, past the model's eos, so a test can act on a turn that
+    is surely still running. ``sections`` adds any other config.
     """
-    edge_port = free_port()
-    engine = {"backend": "transformers", "model": "tiny-qwen2", "model_cache_dir": str(model_cache)}
-    config = write_config(
-        workdir / "config.toml",
-        {
-            "edge": {"port": edge_port, "api_key": API_KEY, **(edge or {})},
-            "bus": {"url": nats_url},
-            "models": {"deploy": deploy, "concurrent_model_call": concurrent},
-            "tool": engine,
-            "chat": {**engine, "max_out": 4000 if long_chat else 48},
-            "chat.sampling": {"ignore_eos": long_chat},
-            "actor": {"heartbeat_interval_s": 0.1, "drain_timeout_s": 2.0},
-            "log": {"level": "INFO", "format": "text"},
-        },
+    config = system_config(
+        nats_url,
+        model_cache,
+        deploy=deploy,
+        concurrent=concurrent,
+        tools=tools,
+        chats=chats,
+        edge=edge,
+        long_chat=long_chat,
+        restart=restart,
+        sections=sections,
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for name in list(env):
-        if name in (
-            "YAP_API_KEY",
-            "DEPLOY_MODELS",
-            "CONCURRENT_MODEL_CALL",
-            "YAP_NATS_URL",
-            "YAP_EDGE_PORT",
-            "MAX_CONCURRENT_CONNECTIONS",
-        ):
-            del env[name]
-    system = System(nats_url=nats_url, edge_port=edge_port, workdir=workdir)
-    kinds = ["tool"] * (tools if deploy in ("both", "tool") else 0) + (
-        ["chat"] * (chats if deploy in ("both", "chat") else 0)
+    options = LaunchOptions(
+        work_dir=workdir,
+        log_dir=workdir,
+        start_nats=False,
+        actor_ready_timeout_s=_READY_TIMEOUT_S,
+        edge_ready_timeout_s=_READY_TIMEOUT_S,
     )
-    names = [f"{kind}{i}" for i, kind in enumerate(kinds)]
-    async with contextlib.AsyncExitStack() as stack:
-        for name, kind in zip(names, kinds, strict=True):
-            log = stack.enter_context(_log_file(workdir, name))
-            proc = ChildProcess(
-                name,
-                [sys.executable, "-m", "actors", kind, "--config", str(config)],
-                env=env,
-                stdout=log,
-                stderr=log,
-                stop_timeout_s=10,
-            )
-            system.processes[name] = await stack.enter_async_context(proc)
-        edge_log = stack.enter_context(_log_file(workdir, "edge"))
-        system.processes["edge"] = await stack.enter_async_context(
-            ChildProcess(
-                "edge",
-                [sys.executable, "-m", "edge", "--config", str(config)],
-                env=env,
-                stdout=edge_log,
-                stderr=edge_log,
-                stop_timeout_s=10,
-            )
-        )
-        await _wait_healthy(system, within=120.0)
-        yield system
+    changes = asyncio.Condition()
 
+    def changed() -> None:
+        # The launcher calls back synchronously; wake the waiters from a task.
+        async def notify() -> None:
+            async with changes:
+                changes.notify_all()
 
-def _log_file(workdir: Path, name: str) -> BinaryIO:
-    # A local file opened once per process start; blocking for microseconds is fine.
-    return (workdir / f"{name}.log").open("wb")
+        notifiers.add(task := asyncio.ensure_future(notify()))
+        task.add_done_callback(notifiers.discard)
 
-
-async def _wait_healthy(system: System, within: float) -> None:
-    """Poll /healthz (it is 200 once every deployed actor kind has a ready actor)."""
-    try:
-        async with asyncio.timeout(within):
-            while await http_status("127.0.0.1", system.edge_port, "/healthz") != 200:
-                for name, proc in system.processes.items():
-                    if not proc.running:
-                        raise RuntimeError(f"{name} exited early:\n{system.log(name)[-3000:]}")
-                await asyncio.sleep(0.2)
-    except TimeoutError:
-        logs = "\n".join(f"--- {n}\n{system.log(n)[-2000:]}" for n in system.processes)
-        raise RuntimeError(f"system not healthy within {within} s\n{logs}") from None
+    notifiers: set[asyncio.Future[None]] = set()
+    async with Launcher(config, os.environ, options, on_change=changed) as launcher:
+        yield System(launcher, nats_url, workdir, tools if config.models.tool else 0, changes)

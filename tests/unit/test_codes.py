@@ -29,6 +29,8 @@ def test_all_codes_is_every_constant() -> None:
     """ALL_CODES holds exactly the code constants, and turn failures are among them."""
     assert set(_constants().values()) == codes.ALL_CODES
     assert codes.TURN_FAILURE_CODES <= codes.ALL_CODES
+    assert codes.MESSAGE_CODES <= codes.ALL_CODES
+    assert not codes.TURN_FAILURE_CODES & codes.MESSAGE_CODES
 
 
 def test_readme_error_table_lists_every_code() -> None:

@@ -29,6 +29,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "YAP_EDGE_HOST": ("0.0.0.0", "0.0.0.0"),
     "YAP_EDGE_PORT": ("9001", 9001),
     "YAP_NATS_URL": ("nats://bus:4222", "nats://bus:4222"),
+    "YAP_NATS_SERVERS": ("nats://a:4222, nats://b:4222", ("nats://a:4222", "nats://b:4222")),
     "YAP_BUS_USER": ("edge", "edge"),
     "YAP_BUS_PASSWORD": ("s3cret", "s3cret"),
     "DEPLOY_MODELS": ("chat", "chat"),
@@ -43,6 +44,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "KV_DTYPE": ("fp8", "fp8"),
     "QUANTIZATION": ("awq", "awq"),
     "CHAT_MAX_LEN": ("4096", 4096),
+    "TOOL_METRICS_PORT": ("9201", 9201),
+    "CHAT_METRICS_PORT": ("9202", 9202),
     "YAP_LOG_LEVEL": ("DEBUG", "DEBUG"),
     "YAP_LOG_FORMAT": ("json", "json"),
 }

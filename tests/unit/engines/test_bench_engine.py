@@ -17,6 +17,11 @@ TOOL_PROMPT = "[BEGIN OF TASK INSTRUCTION] pick a tool [BEGIN OF QUERY] hi"
 STALLED = 0.001
 
 
+def ids(text: str) -> list[int]:
+    """A prompt's ids: the fake tokenizer is one id per character."""
+    return FakeTokenizer().encode(text)
+
+
 def _engine(tokens_per_s: float = 0.0) -> BenchEngine:
     return BenchEngine(EngineConfig(backend="bench", model="m", bench_tokens_per_s=tokens_per_s))
 
@@ -35,7 +40,7 @@ async def _until_running(engine: BenchEngine, count: int) -> None:
 async def test_chat_stream_emits_max_tokens_words() -> None:
     """A chat prompt yields max_tokens one-word deltas, the last with reason length."""
     engine = _engine()
-    outputs = await _drain(engine.generate("hello", SamplingSpec(max_tokens=20), "r1"))
+    outputs = await _drain(engine.generate(ids("hello"), SamplingSpec(max_tokens=20), "r1"))
     assert len(outputs) == 20
     assert [o.completion_tokens for o in outputs] == list(range(1, 21))
     assert all(o.finish_reason is None for o in outputs[:-1])
@@ -50,7 +55,7 @@ async def test_chat_stream_emits_max_tokens_words() -> None:
 async def test_paced_stream_completes() -> None:
     """A paced stream delivers the same outputs in order (pacing itself is not timed here)."""
     engine = _engine(tokens_per_s=2000.0)
-    outputs = await _drain(engine.generate("p", SamplingSpec(max_tokens=5), "r"))
+    outputs = await _drain(engine.generate(ids("p"), SamplingSpec(max_tokens=5), "r"))
     assert [o.completion_tokens for o in outputs] == [1, 2, 3, 4, 5]
     assert outputs[-1].finished
 
@@ -58,7 +63,7 @@ async def test_paced_stream_completes() -> None:
 async def test_tool_prompt_answers_empty_list_once() -> None:
     """A tool prompt gets ``[]`` in one final output."""
     engine = _engine()
-    outputs = await _drain(engine.generate(TOOL_PROMPT, SamplingSpec(max_tokens=10), "t"))
+    outputs = await _drain(engine.generate(ids(TOOL_PROMPT), SamplingSpec(max_tokens=10), "t"))
     assert len(outputs) == 1
     assert outputs[0].text == "[]"
     assert outputs[0].finish_reason == "stop"
@@ -68,7 +73,7 @@ async def test_tool_prompt_answers_empty_list_once() -> None:
 async def test_running_drops_when_final_output_is_yielded() -> None:
     """running() is exact even when the consumer never resumes after the last output."""
     engine = _engine()
-    stream = engine.generate("x", SamplingSpec(max_tokens=2), "r")
+    stream = engine.generate(ids("x"), SamplingSpec(max_tokens=2), "r")
     first = await anext(stream)
     assert not first.finished
     assert engine.running() == 1
@@ -81,7 +86,7 @@ async def test_running_drops_when_final_output_is_yielded() -> None:
 async def test_abort_ends_a_waiting_stream_at_once() -> None:
     """abort() ends a stream waiting for its next tick with reason abort, without the tick."""
     engine = _engine(tokens_per_s=STALLED)
-    stream = engine.generate("x", SamplingSpec(max_tokens=50), "slow")
+    stream = engine.generate(ids("x"), SamplingSpec(max_tokens=50), "slow")
     pending = asyncio.ensure_future(anext(stream))
     await _until_running(engine, 1)
     await engine.abort("slow")
@@ -97,7 +102,7 @@ async def test_abort_ends_a_waiting_stream_at_once() -> None:
 async def test_abort_mid_stream_reports_tokens_so_far() -> None:
     """An abort after k outputs yields one abort output counting k tokens, then ends."""
     engine = _engine()
-    stream = engine.generate("x", SamplingSpec(max_tokens=100), "r")
+    stream = engine.generate(ids("x"), SamplingSpec(max_tokens=100), "r")
     for _ in range(3):
         await anext(stream)
     await engine.abort("r")
@@ -111,7 +116,7 @@ async def test_abort_mid_stream_reports_tokens_so_far() -> None:
 async def test_abort_is_idempotent_and_ignores_unknown_ids() -> None:
     """Repeated aborts keep the first call's time; unknown or finished ids are ignored."""
     engine = _engine(tokens_per_s=STALLED)
-    stream = engine.generate("x", SamplingSpec(max_tokens=5), "r")
+    stream = engine.generate(ids("x"), SamplingSpec(max_tokens=5), "r")
     pending = asyncio.ensure_future(anext(stream))
     await _until_running(engine, 1)
     await engine.abort("r")
@@ -130,7 +135,7 @@ async def test_cancelling_the_consumer_unregisters_the_request() -> None:
     engine = _engine(tokens_per_s=STALLED)
 
     async def consume() -> list[EngineOutput]:
-        return await _drain(engine.generate("x", SamplingSpec(max_tokens=5), "r"))
+        return await _drain(engine.generate(ids("x"), SamplingSpec(max_tokens=5), "r"))
 
     task = asyncio.ensure_future(consume())
     await _until_running(engine, 1)
@@ -145,11 +150,11 @@ async def test_cancelling_the_consumer_unregisters_the_request() -> None:
 async def test_duplicate_request_id_is_refused() -> None:
     """A request id that is still running cannot be reused."""
     engine = _engine(tokens_per_s=STALLED)
-    first = engine.generate("x", SamplingSpec(max_tokens=5), "same")
+    first = engine.generate(ids("x"), SamplingSpec(max_tokens=5), "same")
     pending = asyncio.ensure_future(anext(first))
     await _until_running(engine, 1)
     with pytest.raises(EngineRequestError):
-        await anext(engine.generate("y", SamplingSpec(max_tokens=5), "same"))
+        await anext(engine.generate(ids("y"), SamplingSpec(max_tokens=5), "same"))
     await engine.abort("same")
     await pending
     await first.aclose()
@@ -158,7 +163,7 @@ async def test_duplicate_request_id_is_refused() -> None:
 async def test_close_aborts_everything() -> None:
     """close() aborts every running stream."""
     engine = _engine(tokens_per_s=STALLED)
-    streams = [engine.generate("x", SamplingSpec(max_tokens=5), f"r{i}") for i in range(3)]
+    streams = [engine.generate(ids("x"), SamplingSpec(max_tokens=5), f"r{i}") for i in range(3)]
     pending = [asyncio.ensure_future(anext(s)) for s in streams]
     await _until_running(engine, 3)
     await engine.close()
@@ -171,13 +176,14 @@ async def test_close_aborts_everything() -> None:
 async def test_many_concurrent_some_aborted() -> None:
     """Of 40 concurrent streams, the aborted end with abort, the rest finish; none remain."""
     engine = _engine(tokens_per_s=5000.0)
-    ids = [f"r{i}" for i in range(40)]
+    request_ids = [f"r{i}" for i in range(40)]
+    prompt, spec = ids("x"), SamplingSpec(max_tokens=30)
     tasks = {
-        rid: asyncio.ensure_future(_drain(engine.generate("x", SamplingSpec(max_tokens=30), rid)))
-        for rid in ids
+        rid: asyncio.ensure_future(_drain(engine.generate(prompt, spec, rid)))
+        for rid in request_ids
     }
-    await _until_running(engine, len(ids))
-    aborted = set(ids[::3])
+    await _until_running(engine, len(request_ids))
+    aborted = set(request_ids[::3])
     for rid in aborted:
         await engine.abort(rid)
     for rid, task in tasks.items():
@@ -195,16 +201,16 @@ async def test_tokenizer_and_warm() -> None:
     """It uses the fake tokenizer and warms without compute, returning the prompt length."""
     engine = _engine()
     assert isinstance(engine.tokenizer, FakeTokenizer)
-    assert await engine.warm("abcd") == 4
+    assert await engine.warm(ids("abcd")) == 4
     assert engine.model_id == "bench:m"
 
 
 async def test_late_close_keeps_a_newer_request_with_the_same_id() -> None:
     """Closing a finished stream late does not unregister a newer request reusing its id."""
     engine = _engine()
-    old = engine.generate("x", SamplingSpec(max_tokens=1), "r")
+    old = engine.generate(ids("x"), SamplingSpec(max_tokens=1), "r")
     assert (await anext(old)).finished
-    new = engine.generate("x", SamplingSpec(max_tokens=5), "r")
+    new = engine.generate(ids("x"), SamplingSpec(max_tokens=5), "r")
     await anext(new)
     assert engine.running() == 1
     await old.aclose()
@@ -216,7 +222,7 @@ async def test_late_close_keeps_a_newer_request_with_the_same_id() -> None:
 async def test_wait_idle_returns_once_nothing_runs() -> None:
     """wait_idle() blocks while a stream runs and returns after it ends."""
     engine = _engine(tokens_per_s=STALLED)
-    stream = engine.generate("x", SamplingSpec(max_tokens=5), "r")
+    stream = engine.generate(ids("x"), SamplingSpec(max_tokens=5), "r")
     pending = asyncio.ensure_future(anext(stream))
     await _until_running(engine, 1)
     idle = asyncio.ensure_future(engine.wait_idle())

@@ -18,11 +18,8 @@ from actors.engines.base import (
     EngineRequestError,
     SamplingSpec,
 )
-from actors.engines.transformers_engine import (
-    IncrementalDetokenizer,
-    StopMatcher,
-    TransformersEngine,
-)
+from actors.engines.detokenize import IncrementalDetokenizer, StopMatcher, TextStream
+from actors.engines.transformers_engine import PREFILL_CHUNK, TransformersEngine, _sample
 from actors.models import ensure_tiny_model
 from configs.schema import EngineConfig
 
@@ -43,20 +40,25 @@ async def engine(model_cache: Path) -> AsyncIterator[TransformersEngine]:
     await engine.close()
 
 
-def chat(engine: TransformersEngine, text: str) -> str:
+def chat(engine: TransformersEngine, text: str) -> list[int]:
     messages = [{"role": "user", "content": text}]
-    return engine.tokenizer.apply_chat_template(
+    rendered = engine.tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True
     )
+    return ids_of(engine, rendered)
 
 
-def long_prompt(engine: TransformersEngine) -> str:
+def ids_of(engine: TransformersEngine, text: str) -> list[int]:
+    return engine.tokenizer.encode(text, add_special_tokens=False)
+
+
+def long_prompt(engine: TransformersEngine) -> list[int]:
     # Greedy decoding of this prompt runs past 400 tokens without an eos.
     return chat(engine, "tell me something nice, number 0")
 
 
 async def collect(
-    engine: TransformersEngine, prompt: str, sampling: SamplingSpec, request_id: str = "r"
+    engine: TransformersEngine, prompt: list[int], sampling: SamplingSpec, request_id: str = "r"
 ) -> list[EngineOutput]:
     return [out async for out in engine.generate(prompt, sampling, request_id)]
 
@@ -73,12 +75,15 @@ async def test_stream_matches_a_cache_free_reference(
     outputs = await collect(engine, prompt, GREEDY)
 
     model = AutoModelForCausalLM.from_pretrained(ensure_tiny_model(model_cache))
-    ids = engine.tokenizer.encode(prompt, add_special_tokens=False)
+    ids = prompt
+    banned = engine._state().banned
     generated: list[int] = []
     with torch.inference_mode():
         for _ in range(GREEDY.max_tokens):
-            logits = model(input_ids=torch.tensor([ids + generated])).logits
-            generated.append(int(logits[0, -1].argmax()))
+            logits = model(input_ids=torch.tensor([ids + generated])).logits[0, -1]
+            if banned is not None:  # the engine never samples vocabulary fillers
+                logits = logits.masked_fill(banned, float("-inf"))
+            generated.append(int(logits.argmax()))
 
     assert outputs[-1].finish_reason == "length"
     assert outputs[-1].completion_tokens == len(generated)
@@ -225,24 +230,107 @@ async def test_concurrent_requests_all_finish(engine: TransformersEngine) -> Non
 async def test_warm_prefix_is_reused(engine: TransformersEngine) -> None:
     """After warm, a prompt extending it reports cached tokens and generates the same text."""
     persona = chat(engine, "You are June, wholesome and kind.")
-    prompt = persona + "<|im_start|>user\nhey there<|im_end|>\n<|im_start|>assistant\n"
+    prompt = persona + ids_of(
+        engine, "<|im_start|>user\nhey there<|im_end|>\n<|im_start|>assistant\n"
+    )
     cold = await collect(engine, prompt, GREEDY)
     assert cold[-1].cached_tokens == 0
     warmed = await engine.warm(persona)
-    assert warmed == len(engine.tokenizer.encode(persona, add_special_tokens=False))
+    assert warmed == len(persona)
+    assert engine.running() == 0
     hot = await collect(engine, prompt, GREEDY)
-    assert 0 < hot[-1].cached_tokens <= warmed
+    assert hot[-1].cached_tokens == warmed
     assert joined(hot) == joined(cold)
     again = await collect(engine, persona, GREEDY)
     assert again[-1].cached_tokens == warmed - 1
 
 
+async def test_cancelled_warm_keeps_what_it_prefilled(engine: TransformersEngine) -> None:
+    """A warm request cancelled after its first prefill chunk leaves that chunk cached."""
+    words = " ".join(f"word{i}" for i in range(700))
+    prefix = chat(engine, words)
+    assert len(prefix) > 2 * PREFILL_CHUNK
+    first_chunk_done = asyncio.Event()
+    forward = engine._forward
+
+    def forward_then_signal(*args: object) -> None:
+        forward(*args)  # type: ignore[arg-type]
+        engine._loop.call_soon_threadsafe(first_chunk_done.set)
+
+    engine._loop = asyncio.get_running_loop()  # type: ignore[attr-defined]
+    engine._forward = forward_then_signal  # type: ignore[method-assign]
+    warm = asyncio.create_task(engine.warm(prefix, request_id="w1"))
+    await first_chunk_done.wait()
+    assert engine.running() == 1
+    warm.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await warm
+    engine._forward = forward  # type: ignore[method-assign]
+    assert engine.running() == 0
+    outputs = await collect(engine, prefix, SamplingSpec(max_tokens=1))
+    # The first chunk, or the second too if it was under way: whole chunks, not all.
+    assert outputs[-1].cached_tokens in (PREFILL_CHUNK, 2 * PREFILL_CHUNK)
+
+
+async def test_aborted_warm_stops_between_chunks(engine: TransformersEngine) -> None:
+    """abort() of a warm request's id ends it after its current chunk, keeping what it did."""
+    prefix = chat(engine, " ".join(f"item{i}" for i in range(700)))
+    started = asyncio.Event()
+    forward = engine._forward
+    loop = asyncio.get_running_loop()
+
+    def forward_then_signal(*args: object) -> None:
+        forward(*args)  # type: ignore[arg-type]
+        loop.call_soon_threadsafe(started.set)
+
+    engine._forward = forward_then_signal  # type: ignore[method-assign]
+    warm = asyncio.create_task(engine.warm(prefix, request_id="w2"))
+    await started.wait()
+    await engine.abort("w2")
+    done = await warm
+    engine._forward = forward  # type: ignore[method-assign]
+    assert PREFILL_CHUNK <= done < len(prefix)
+    assert engine.running() == 0
+
+
+async def test_fillers_are_never_sampled(engine: TransformersEngine) -> None:
+    """The tiny tokenizer's <|reserved_N|> padding never streams, even sampled hot."""
+    state = engine._state()
+    assert state.banned is not None
+    reserved = engine.tokenizer.convert_tokens_to_ids("<|reserved_0|>")
+    assert bool(state.banned[reserved])
+    assert not bool(state.banned[engine.tokenizer.eos_token_id])
+    # A filler with the highest logit is still not picked, greedy or sampled.
+    logits = torch.zeros(state.vocab_size)
+    logits[reserved] = 100.0
+    seen = torch.zeros(state.vocab_size, dtype=torch.bool)
+    hot = SamplingSpec(max_tokens=1, temperature=1.5, seed=1)
+    assert _sample(logits, seen, GREEDY, None, state.banned) != reserved
+    generator = torch.Generator().manual_seed(3)
+    assert _sample(logits, seen, hot, generator, state.banned) != reserved
+    # A long sampled reply of the random model (many fillers without the mask).
+    outputs = await collect(
+        engine, long_prompt(engine), SamplingSpec(max_tokens=300, temperature=1.5, seed=5)
+    )
+    assert "<|reserved_" not in joined(outputs)
+
+
+def test_text_stream_cuts_at_a_stop_string_across_tokens(engine: TransformersEngine) -> None:
+    """TextStream holds back a possible stop string and never emits any of it."""
+    tokenizer = engine.tokenizer
+    ids = tokenizer.encode("hello there, User: again", add_special_tokens=False)
+    stream = TextStream(tokenizer, ("User:",))
+    text = "".join(stream.push([token]) for token in ids)
+    assert stream.stopped
+    assert text + stream.finish() == "hello there, "
+
+
 async def test_too_long_request_is_refused(engine: TransformersEngine) -> None:
     """A prompt that with max_tokens exceeds the model's positions raises EngineRequestError."""
     with pytest.raises(EngineRequestError, match="positions"):
-        await collect(engine, "hi", SamplingSpec(max_tokens=9000))
+        await collect(engine, ids_of(engine, "hi"), SamplingSpec(max_tokens=9000))
     with pytest.raises(EngineRequestError, match="positions"):
-        await engine.warm("hi " * 9000)
+        await engine.warm(ids_of(engine, "hi " * 9000))
     assert engine.running() == 0
 
 
@@ -252,7 +340,7 @@ async def test_duplicate_running_id_is_refused(engine: TransformersEngine) -> No
     async with aclosing(stream):
         await anext(stream)
         with pytest.raises(EngineRequestError, match="already running"):
-            await collect(engine, "hi", GREEDY, "d1")
+            await collect(engine, ids_of(engine, "hi"), GREEDY, "d1")
         await engine.abort("d1")
         assert [out.finish_reason async for out in stream] == ["abort"]
     assert engine.running() == 0
@@ -267,4 +355,4 @@ async def test_close_aborts_and_refuses_new_work(engine: TransformersEngine) -> 
         assert [out.finish_reason async for out in stream] == ["abort"]
     assert engine.running() == 0
     with pytest.raises(EngineDeadError):
-        await collect(engine, "hi", GREEDY)
+        await collect(engine, ids_of(engine, "hi"), GREEDY)

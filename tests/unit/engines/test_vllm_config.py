@@ -201,11 +201,12 @@ def test_sampling_spec_maps_onto_sampling_params() -> None:
         "top_k": 40,
         "min_p": 0.05,
         "repetition_penalty": 1.1,
-        "stop": ["\nUser:", "</s>"],
         "seed": 7,
         "ignore_eos": True,
-        "skip_special_tokens": True,
+        # Ids only: the engine decodes and matches the stop strings itself.
+        "detokenize": False,
     }
+    assert sampling_kwargs(spec, allowed_token_ids=range(3))["allowed_token_ids"] == [0, 1, 2]
 
 
 def test_greedy_defaults_map_to_disabled_filters() -> None:
@@ -213,7 +214,7 @@ def test_greedy_defaults_map_to_disabled_filters() -> None:
     kwargs = sampling_kwargs(SamplingSpec(max_tokens=10))
     assert kwargs["temperature"] == 0.0
     assert kwargs["top_k"] == 0
-    assert kwargs["stop"] is None
+    assert "stop" not in kwargs and "allowed_token_ids" not in kwargs
     assert kwargs["seed"] is None
     assert kwargs["ignore_eos"] is False
 
@@ -230,9 +231,14 @@ def test_vllm_accepts_the_sampling_kwargs() -> None:
     from vllm.sampling_params import RequestOutputKind
 
     spec = SamplingSpec(max_tokens=5, temperature=0.7, top_k=40, stop=("x",), seed=1)
-    params = vllm.SamplingParams(**sampling_kwargs(spec), output_kind=RequestOutputKind.DELTA)
+    kwargs = sampling_kwargs(spec, allowed_token_ids=[1, 2])
+    params = vllm.SamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
     assert params.max_tokens == 5
-    assert params.stop == ["x"]
+    assert params.detokenize is False
+    assert params.stop == []  # our stop strings never reach vLLM
+    assert params.allowed_token_ids == [1, 2]
+    prompt = vllm.inputs.tokens_input([1, 2, 3])
+    assert prompt == {"type": "token", "prompt_token_ids": [1, 2, 3]}
 
 
 # -- finish reasons ------------------------------------------------------------------
@@ -271,7 +277,7 @@ async def test_engine_refuses_work_before_start() -> None:
     with pytest.raises(EngineError):
         _ = engine.tokenizer
     with pytest.raises(EngineDeadError):
-        async for _ in engine.generate("hi", SamplingSpec(max_tokens=1), "r1"):
+        async for _ in engine.generate([1, 2], SamplingSpec(max_tokens=1), "r1"):
             pass
     await engine.abort("r1")  # unknown ids are ignored
     await engine.close()

@@ -137,5 +137,8 @@ async def test_fake_engine_reads_the_prompt(utterance, expected):
     prompt = build_tool_prompt(
         engine.tokenizer, user_utterance=utterance, history_text="user: check my screen later"
     )
-    pieces = [out.text async for out in engine.generate(prompt, SamplingSpec(max_tokens=50), "t1")]
+    prompt_ids = engine.tokenizer.encode(prompt)
+    pieces = [
+        out.text async for out in engine.generate(prompt_ids, SamplingSpec(max_tokens=50), "t1")
+    ]
     assert "".join(pieces) == expected

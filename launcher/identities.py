@@ -1,0 +1,95 @@
+"""Who each process is on the bus: its id, its NATS user and password.
+
+One function, :func:`process_env`, turns an identity and its credentials into the
+environment variables that process gets (``YAP_ACTOR_ID`` / ``YAP_EDGE_ID``,
+``YAP_BUS_USER``, ``YAP_BUS_PASSWORD``); :func:`bus_authorization` makes the
+credentials of every identity of a run and the nats-server ``authorization`` block
+that admits them: one user per id, with the permissions ``bus/permissions.py``
+builds from that id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from bus.permissions import (
+    OBSERVER,
+    actor_role,
+    authorization_config,
+    edge_role,
+    new_passwords,
+    observer_role,
+)
+from launcher.plan import Plan
+
+__all__ = [
+    "BusCredentials",
+    "Identity",
+    "bus_authorization",
+    "identities",
+    "process_env",
+]
+
+IdentityRole = Literal["edge", "actor", "observer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A process's role and id (``actor``, ``chat-1``); the observer is ``just status``."""
+
+    role: IdentityRole
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BusCredentials:
+    user: str
+    password: str
+
+
+def identities(plan: Plan) -> tuple[Identity, ...]:
+    """Every identity of a run: each actor slot, each edge slot, and the observer."""
+    return (
+        *(Identity("actor", slot.name) for slot in plan.actors),
+        *(Identity("edge", slot.name) for slot in plan.edges),
+        Identity("observer", OBSERVER),
+    )
+
+
+def bus_authorization(
+    ids: Iterable[Identity],
+) -> tuple[str, dict[str, BusCredentials]]:
+    """Fresh credentials for ``ids`` (by id) and the nats-server config that admits them.
+
+    The passwords exist for one run only: a leaked one dies with the run.
+    """
+    ids = tuple(ids)
+    roles = [
+        edge_role(i.id)
+        if i.role == "edge"
+        else actor_role(i.id)
+        if i.role == "actor"
+        else observer_role()
+        for i in ids
+    ]
+    passwords = new_passwords(roles)
+    credentials = {
+        i.id: BusCredentials(role.user, passwords[role.user])
+        for i, role in zip(ids, roles, strict=True)
+    }
+    return authorization_config(roles, passwords), credentials
+
+
+def process_env(identity: Identity, credentials: BusCredentials | None) -> dict[str, str]:
+    """The environment variables that make a process ``identity`` on the bus."""
+    env: dict[str, str] = {}
+    if identity.role == "actor":
+        env["YAP_ACTOR_ID"] = identity.id
+    elif identity.role == "edge":
+        env["YAP_EDGE_ID"] = identity.id
+    if credentials is not None:
+        env["YAP_BUS_USER"] = credentials.user
+        env["YAP_BUS_PASSWORD"] = credentials.password
+    return env
