@@ -339,7 +339,16 @@ class ActorService:
             await emit.error(codes.INTERNAL_ERROR, "the actor failed on this turn")
             await emit.done("error")
         else:
-            log.info("%s turn done in %.0f ms", self.kind, (time.monotonic() - started) * 1000)
+            first = emit.first_event_at
+            # The first event (toolcall or token) is what the client waits for; the
+            # rest of the turn is streaming, or an early stop being drained.
+            log.info(
+                "%s turn done in %.0f ms (first %s at %s ms)",
+                self.kind,
+                (time.monotonic() - started) * 1000,
+                "toolcall" if self.kind == "tool" else "token",
+                f"{(first - started) * 1000:.1f}" if first is not None else "-",
+            )
         finally:
             self.metrics.turns.labels(self.kind, outcome).inc()
             self.metrics.tokens.inc(emit.token_events)
