@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from bus.recording import edge_permissions as recording_edge_permissions
+from bus.recording import replay_permissions
 from bus.subjects import PREFIX
 
 __all__ = ["ROLES", "Role", "authorization_config", "new_passwords"]
@@ -44,6 +46,8 @@ ROLES: Final[tuple[Role, ...]] = (
             f"$JS.API.DIRECT.GET.KV_{SESSIONS_KV}.>",
             f"$KV.{SESSIONS_KV}.>",
             "$JS.API.INFO",
+            # Session recording: its own records, and setting the stream up.
+            *recording_edge_permissions(),
         ),
         subscribe=(f"{PREFIX}.session.*.out.>", f"{PREFIX}.actor.*.*.heartbeat", "_INBOX.>"),
     ),
@@ -58,6 +62,9 @@ ROLES: Final[tuple[Role, ...]] = (
         publish=(),
         subscribe=(f"{PREFIX}.actor.*.*.heartbeat", f"{PREFIX}.edge.*.stats"),
     ),
+    # python -m replay: the only reader of recordings, and the only one besides the
+    # edge that may write a session's settings (to restore a recorded clock).
+    Role(user="replay", publish=replay_permissions()[0], subscribe=replay_permissions()[1]),
 )
 
 

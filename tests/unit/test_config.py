@@ -45,6 +45,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "CHAT_MAX_LEN": ("4096", 4096),
     "YAP_LOG_LEVEL": ("DEBUG", "DEBUG"),
     "YAP_LOG_FORMAT": ("json", "json"),
+    "YAP_RECORDING": ("on", True),
 }
 
 
