@@ -100,6 +100,7 @@ class ClientConnection:
         self._cancels = RateLimiter(edge.cancels_per_minute)
         self._close_code: tuple[int, str] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._recorder = state.recorder.connection()
 
     @property
     def turn_running(self) -> bool:
@@ -175,6 +176,7 @@ class ClientConnection:
                 return
             except ConnectionClosed:
                 return
+            self._recorder.frame(data)
             if not self._messages.allow():
                 self._error(errors.RATE_LIMITED, "too many messages; slow down")
                 continue
@@ -267,6 +269,7 @@ class ClientConnection:
             )
         )
         self._turn = turn
+        self._recorder.turn_started(session_id, turn_id, settings)
         log.info(
             "turn start (%s%s)",
             models.deploy,
@@ -293,6 +296,7 @@ class ClientConnection:
             turn.ended.set()
             outcome = turn.machine.outcome
             code = turn.machine.error_code
+            self._recorder.turn_ended(turn.machine.plan.session_id, turn.turn_id, outcome, code)
             self._state.outcomes[code or outcome] += 1
             self._state.metrics.turns.labels(code or outcome).inc()
             turn.log.info(
@@ -400,6 +404,7 @@ class ClientConnection:
                 history_text=start.history_text,
                 seed=turn.settings.seed,
             )
+        self._recorder.leg_started(kind, event)
         actions: list[Action] = []
         if not state.nc.is_connected:
             actions = turn.machine.fail(
@@ -603,6 +608,7 @@ class ClientConnection:
 
     def _error(self, code: str, message: str) -> None:
         frame = frames.error(code, message)
+        self._recorder.error(code)
         self._count(frame, None)
         self._outbox.push(frame)
 

@@ -36,6 +36,7 @@ from edge.connection import ClientConnection
 from edge.frames import FrameEncoder
 from edge.metrics import EdgeMetrics
 from edge.protocol import ClientProtocol, ProtocolLimits
+from edge.recorder import Recorder
 from edge.registry import ActorRegistry
 from edge.sessions import KvSessionStore, MemorySessionStore, SessionStore
 from edge.state import EdgeState
@@ -56,6 +57,7 @@ class EdgeServer:
         self._conn_ids = itertools.count(1)
         self.edge_id = f"edge-{uuid.uuid4().hex[:10]}"
         self._stats_task: asyncio.Task[None] | None = None
+        self._recorder: Recorder | None = None
         self._throttle = AuthThrottle(
             max_failures=config.edge.auth_max_failures,
             window_s=config.edge.auth_failure_window_s,
@@ -91,6 +93,7 @@ class EdgeServer:
                 )
             ),
             sessions=await self._session_store(nc),
+            recorder=await self._start_recorder(nc),
             registry=registry,
             metrics=EdgeMetrics(
                 connections=lambda: len(self.state.connections),
@@ -151,6 +154,8 @@ class EdgeServer:
                 await server.wait_closed()
         except TimeoutError:
             self._log.warning("connections still open after %.0f s; dropping them", timeout_s)
+        if self._recorder is not None:
+            await self._recorder.close()
         try:
             await state.nc.drain()
         except Exception as exc:
@@ -293,6 +298,11 @@ class EdgeServer:
             self._log.warning("JetStream unavailable (%r): session settings stay in this edge", exc)
             return local
         return KvSessionStore(kv, local, self._log)
+
+    async def _start_recorder(self, nc: NatsClient) -> Recorder:
+        recorder = self._recorder = Recorder(self._config, nc, self.edge_id, self._log)
+        await recorder.start()
+        return recorder
 
     async def _publish_stats(self) -> None:
         state = self.state

@@ -14,6 +14,7 @@ from configs.schema import Config
 from edge.frames import FrameEncoder
 from edge.metrics import EdgeMetrics
 from edge.protocol import ClientProtocol
+from edge.recorder import Recorder
 from edge.registry import ActorRegistry
 from edge.sessions import SessionStore
 
@@ -33,6 +34,7 @@ class EdgeState:
     sessions: SessionStore
     registry: ActorRegistry
     metrics: EdgeMetrics
+    recorder: Recorder = field(default_factory=Recorder.off)
     rng: random.Random = field(default_factory=random.Random)
     connections: set[ClientConnection] = field(default_factory=set)
     shutting_down: bool = False
