@@ -29,7 +29,14 @@ from configs.schema import Config
 from launcher.errors import AlreadyRunning, describe_exit
 from launcher.net import connect_host, free_port
 from launcher.rundir import RunDir, launcher_alive, wait_exit
-from launcher.status import BusAccess, collect, read_access, render, write_access
+from launcher.status import (
+    REPLAY_ACCESS_FILE,
+    BusAccess,
+    collect,
+    read_access,
+    render,
+    write_access,
+)
 from launcher.supervisor import LaunchOptions, Supervisor
 
 __all__ = ["main"]
@@ -166,6 +173,8 @@ def _up(args: argparse.Namespace) -> int:
 
         def on_ready() -> None:
             write_access(run_dir.path, supervisor.observer_access)
+            if (replay := supervisor.replay_access) is not None:
+                write_access(run_dir.path, replay, REPLAY_ACCESS_FILE)
             notify()
 
         supervisor = Supervisor(config, env, options, on_ready=on_ready)

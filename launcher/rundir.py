@@ -77,6 +77,7 @@ class RunDir:
             self.pid_path.unlink(missing_ok=True)
             # The bus credentials of a run die with it.
             (self.path / "bus.json").unlink(missing_ok=True)
+            (self.path / "replay.json").unlink(missing_ok=True)
 
     def remove_pid_file(self) -> None:
         self.pid_path.unlink(missing_ok=True)

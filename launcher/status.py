@@ -21,9 +21,20 @@ from bus import subjects
 from bus.codec import BusDecodeError, Codec
 from bus.events import EdgeStats, Heartbeat
 
-__all__ = ["BusAccess", "Snapshot", "collect", "read_access", "render", "write_access"]
+__all__ = [
+    "ACCESS_FILE",
+    "REPLAY_ACCESS_FILE",
+    "BusAccess",
+    "Snapshot",
+    "collect",
+    "read_access",
+    "render",
+    "write_access",
+]
 
 ACCESS_FILE = "bus.json"
+# The replay user's (python -m replay): it may read recordings and set sessions.
+REPLAY_ACCESS_FILE = "replay.json"
 
 
 class BusAccess(msgspec.Struct, frozen=True):
@@ -32,9 +43,9 @@ class BusAccess(msgspec.Struct, frozen=True):
     password: str | None = None
 
 
-def write_access(run_dir: Path, access: BusAccess) -> Path:
+def write_access(run_dir: Path, access: BusAccess, name: str = ACCESS_FILE) -> Path:
     """Save how to reach the bus as the observer, readable by this user only."""
-    path = run_dir / ACCESS_FILE
+    path = run_dir / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(msgspec.json.encode(access))

@@ -103,6 +103,7 @@ class Supervisor:
         self._watched: list[tuple[str, Callable[[], Awaitable[int]]]] = []
         self._pids: dict[str, int] = {}
         self._observer: tuple[str, str] | None = None  # (password, user) for heartbeats
+        self._replay_password: str | None = None
         self._bus_url = config.bus.url
 
     @property
@@ -113,6 +114,13 @@ class Supervisor:
             return BusAccess(self._bus_url, bus.user, bus.password)
         password, user = self._observer
         return BusAccess(self._bus_url, user, password)
+
+    @property
+    def replay_access(self) -> BusAccess | None:
+        """How ``python -m replay`` reaches this run's bus; None when it is not ours."""
+        if self._replay_password is None:
+            return None
+        return BusAccess(self._bus_url, "replay", self._replay_password)
 
     @property
     def pids(self) -> Mapping[str, int]:
@@ -170,6 +178,7 @@ class Supervisor:
                 for role in ("edge", "actor")
             }
             self._observer = (passwords["observer"], "observer")
+            self._replay_password = passwords["replay"]
             server = NatsServer.from_config(
                 config.nats_server,
                 ready_timeout_s=options.nats_ready_timeout_s,
