@@ -589,6 +589,7 @@ class BusSide(_Side):
         self._nats_url = nats_url
         self._log_level = settings.log_level
         self._flush_ms = settings.stream_flush_ms
+        self._recording = settings.recording
         self._port = free_port()
         self._edge: ChildProcess | None = None
         self._actors: list[ChildProcess] = []
@@ -631,6 +632,7 @@ class BusSide(_Side):
                     "tool": engine,
                     "actor": {"max_running": 8192},
                     "log": {"level": self._log_level, "format": "text"},
+                    "recording": {"enabled": self._recording},
                 }
             )
         )
@@ -767,6 +769,8 @@ class Settings:
     max_foreign: float
     retries: int
     quiet_wait_s: float
+    # The edge records every session to JetStream ([recording]): what recording costs.
+    recording: bool = False
 
 
 @dataclass(slots=True)
@@ -1088,6 +1092,7 @@ def conditions(settings: Settings) -> dict[str, Any]:
         "log_level": settings.log_level,
         "compression": "permessage-deflate" if settings.compression else "none",
         "stream_flush_ms": settings.stream_flush_ms,
+        "recording": settings.recording,
     }
 
 
@@ -1491,6 +1496,9 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument(
         "--from-json", metavar="PATH", help="run nothing: draw --plot from a --json report"
     )
+    parser.add_argument(
+        "--recording", action="store_true", help="the edge records every session (JetStream)"
+    )
     parser.add_argument("--client", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(list(argv))
     if args.duration <= 0 or args.warmup < 0 or args.tokens < 1 or args.rate <= 0:
@@ -1517,6 +1525,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
         max_foreign=args.max_foreign,
         retries=args.retries,
         quiet_wait_s=args.quiet_wait,
+        recording=args.recording,
     )
     return settings, args
 
