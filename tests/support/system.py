@@ -100,27 +100,32 @@ async def run_system(
     chats: int = 1,
     edge: dict[str, Any] | None = None,
     long_chat: bool = False,
+    sections: dict[str, dict[str, Any]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[System]:
     """Start actors (one after the other, as on a GPU) and the edge; stop them after.
 
     ``long_chat`` makes every reply 4,000 tokens, past the model's eos, so a test can
-    act on a turn that is surely still running.
+    act on a turn that is surely still running. ``sections`` are merged into the
+    config's sections (``{"recording": {"enabled": True}}``); ``env`` is added to the
+    processes' environment (the seed's overrides, e.g. ``CHAT_MAX_OUT``).
     """
     edge_port = free_port()
     engine = {"backend": "transformers", "model": "tiny-qwen2", "model_cache_dir": str(model_cache)}
-    config = write_config(
-        workdir / "config.toml",
-        {
-            "edge": {"port": edge_port, "api_key": API_KEY, **(edge or {})},
-            "bus": {"url": nats_url},
-            "models": {"deploy": deploy, "concurrent_model_call": concurrent},
-            "tool": engine,
-            "chat": {**engine, "max_out": 4000 if long_chat else 48},
-            "chat.sampling": {"ignore_eos": long_chat},
-            "actor": {"heartbeat_interval_s": 0.1, "drain_timeout_s": 2.0},
-            "log": {"level": "INFO", "format": "text"},
-        },
-    )
+    config_sections: dict[str, dict[str, Any]] = {
+        "edge": {"port": edge_port, "api_key": API_KEY, **(edge or {})},
+        "bus": {"url": nats_url},
+        "models": {"deploy": deploy, "concurrent_model_call": concurrent},
+        "tool": engine,
+        "chat": {**engine, "max_out": 4000 if long_chat else 48},
+        "chat.sampling": {"ignore_eos": long_chat},
+        "actor": {"heartbeat_interval_s": 0.1, "drain_timeout_s": 2.0},
+        "log": {"level": "INFO", "format": "text"},
+    }
+    for section, values in (sections or {}).items():
+        config_sections[section] = {**config_sections.get(section, {}), **values}
+    config = write_config(workdir / "config.toml", config_sections)
+    extra_env = env or {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for name in list(env):
         if name in (
@@ -132,6 +137,7 @@ async def run_system(
             "MAX_CONCURRENT_CONNECTIONS",
         ):
             del env[name]
+    env.update(extra_env)
     system = System(nats_url=nats_url, edge_port=edge_port, workdir=workdir)
     kinds = ["tool"] * (tools if deploy in ("both", "tool") else 0) + (
         ["chat"] * (chats if deploy in ("both", "chat") else 0)
