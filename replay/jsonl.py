@@ -101,8 +101,10 @@ def _sessions(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[Session]
             continue
         try:
             obj = json.loads(raw)
-        except ValueError as exc:
-            raise CorruptFile(f"{path}:{number}: not JSON ({exc.args[0]})") from None
+        except json.JSONDecodeError as exc:
+            raise CorruptFile(
+                f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno})"
+            ) from None
         if not isinstance(obj, dict):
             raise CorruptFile(f"{path}:{number}: expected a JSON object")
         if "format" in obj:

@@ -31,6 +31,7 @@ __all__ = ["BusTarget", "RecordingStore", "connect"]
 
 # Longest wait for the next message of a read the consumer said is pending.
 _NEXT_TIMEOUT_S: Final = 10.0
+_CONNECT_TIMEOUT_S: Final = 2.0
 # How long an apparently empty read still waits for a message being stored.
 _EMPTY_TIMEOUT_S: Final = 0.25
 
@@ -50,17 +51,26 @@ async def connect(target: BusTarget) -> NatsClient:
     Raises:
         TargetUnreachable: nothing answers at the URL, or the credentials are refused.
     """
+
+    async def quiet(exc: Exception) -> None:
+        pass  # the one-line error below says it; nats-py would print each attempt
+
     try:
-        return await nats.connect(
-            target.url,
-            user=target.user,
-            password=target.password,
-            connect_timeout=2,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-        )
+        async with asyncio.timeout(_CONNECT_TIMEOUT_S * 3):
+            return await nats.connect(
+                target.url,
+                user=target.user,
+                password=target.password,
+                connect_timeout=_CONNECT_TIMEOUT_S,
+                allow_reconnect=False,
+                # nats-py retries a refused first connect forever at 0; once is plenty.
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                error_cb=quiet,
+            )
     except Exception as exc:
-        raise TargetUnreachable(f"cannot reach nats-server at {target.url}: {exc}") from None
+        reason = str(exc) or type(exc).__name__
+        raise TargetUnreachable(f"cannot reach nats-server at {target.url}: {reason}") from None
 
 
 class RecordingStore:
@@ -91,9 +101,12 @@ class RecordingStore:
             deliver_policy=DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL,
             opt_start_time=since.isoformat() if since else None,  # type: ignore[arg-type]
         )
-        sub = await self._js.subscribe(
-            filters[0], stream=STREAM, ordered_consumer=True, config=config
-        )
+        try:
+            sub = await self._js.subscribe(
+                filters[0], stream=STREAM, ordered_consumer=True, config=config
+            )
+        except Exception as exc:  # refused (permissions), gone, timed out: one line
+            raise ReplayError(f"cannot read the recording stream: {exc!r}") from None
         try:
             info = await sub.consumer_info()
             # The stream stores what it receives a moment later: a consumer made just

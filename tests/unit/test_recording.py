@@ -154,7 +154,11 @@ def test_load_redactor() -> None:
 def test_redact_fields_and_events_keep_ids_and_lengths() -> None:
     """Redaction blanks utterance, history and persona text; ids, lengths and the rest stay."""
     message = {"type": "start", "session_id": "s", "user_utterance": "secret", "history_text": "h"}
-    assert redact_fields(message, blank) == {**message, "user_utterance": "______", "history_text": "_"}
+    assert redact_fields(message, blank) == {
+        **message,
+        "user_utterance": "______",
+        "history_text": "_",
+    }
     persona = Persona(persona_text="my persona", now="clock")
     chat = redact_event(ChatStart("s", "t", "secret words", persona, "past", seed=3), blank)
     assert (chat.session_id, chat.turn_id, chat.seed) == ("s", "t", 3)

@@ -30,7 +30,12 @@ MS = 1_000_000
 
 def start(utterance: str) -> str:
     return json.dumps(
-        {"type": "start", "session_id": SID, "assistant_gender": "female", "user_utterance": utterance}
+        {
+            "type": "start",
+            "session_id": SID,
+            "assistant_gender": "female",
+            "user_utterance": utterance,
+        }
     )
 
 
@@ -43,14 +48,19 @@ def record(at: float, value: Record) -> tuple[float, str, msgspec.Struct]:
 
 
 def turn(at: float, turn_id: str, first: bool = False) -> tuple[float, str, msgspec.Struct]:
-    settings = SessionSnapshot(seed=42, now="02/12/2026 Wednesday 09:41 AM (morning)") if first else None
+    settings = (
+        SessionSnapshot(seed=42, now="02/12/2026 Wednesday 09:41 AM (morning)") if first else None
+    )
     deployment = (
-        Deployment(deploy="both", models={"chat": "tiny-qwen2", "tool": "tiny-qwen2"}, config_hash="abc")
+        Deployment(
+            deploy="both", models={"chat": "tiny-qwen2", "tool": "tiny-qwen2"}, config_hash="abc"
+        )
         if first
         else None
     )
     return record(
-        at, TurnStarted(conn=CONN, at_ns=0, turn_id=turn_id, settings=settings, deployment=deployment)
+        at,
+        TurnStarted(conn=CONN, at_ns=0, turn_id=turn_id, settings=settings, deployment=deployment),
     )
 
 
@@ -64,7 +74,11 @@ def legs(at: float, turn_id: str, utterance: str, status: str) -> list[tuple[flo
         (at, subjects.tool_start(SID), ToolStart(SID, turn_id, utterance)),
         (at + 5, subjects.out(SID, "toolcall"), ToolCall(SID, turn_id, 1, status, raw)),  # type: ignore[arg-type]
         (at + 6, subjects.out(SID, "done"), Done(SID, turn_id, 2, "tool", "stop", 100, 2)),
-        (at + 7, subjects.chat_start_at(SID, "chat-0"), ChatStart(SID, turn_id, utterance, Persona())),
+        (
+            at + 7,
+            subjects.chat_start_at(SID, "chat-0"),
+            ChatStart(SID, turn_id, utterance, Persona()),
+        ),
     ]
 
 

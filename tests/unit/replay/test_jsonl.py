@@ -23,7 +23,7 @@ def _export(tmp_path: Path) -> Path:
 
 
 def test_header_then_one_line_per_event(tmp_path: Path) -> None:
-    """The header names the format, deployment and settings; events carry ms, dir, kind, turn, seq."""
+    """The header names format, deployment and settings; events ms, dir, kind, turn, seq."""
     lines = _export(tmp_path).read_text().splitlines()
     header = json.loads(lines[0])
     assert (header["format"], header["version"]) == (FORMAT_NAME, FORMAT_VERSION)
@@ -67,7 +67,11 @@ def _corrupt(tmp_path: Path, number: int, text: str) -> Path:
     [
         (3, '{"ms": 1, "dir": "out", "kind": "tok', "not JSON"),
         (4, "[1, 2]", "expected a JSON object"),
-        (5, '{"ms": "soon", "dir": "out", "kind": "token", "payload": {}}', "'ms' must be a number"),
+        (
+            5,
+            '{"ms": "soon", "dir": "out", "kind": "token", "payload": {}}',
+            "'ms' must be a number",
+        ),
         (6, '{"ms": 1, "dir": "sideways", "kind": "token", "payload": {}}', "'dir' must be one of"),
     ],
 )

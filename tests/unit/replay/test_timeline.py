@@ -53,7 +53,7 @@ def test_latencies_from_the_start_frame() -> None:
 
 
 def test_signatures() -> None:
-    """Frame sequences: done turns end in final/done, a cancel in done:cancelled, a barge-in silently."""
+    """Done turns end in final and done, a cancel in done:cancelled, a barge-in silently."""
     turns = build_timeline(recorded.session()).turns
     assert recorded_signature(turns[0]) == ("ack", "toolcall:no", "token", "final", "done")
     assert recorded_signature(turns[1]) == ("ack", "toolcall:yes", "token", "done:cancelled")
