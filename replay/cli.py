@@ -74,7 +74,10 @@ def parse_since(text: str, now: datetime.datetime | None = None) -> datetime.dat
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m replay", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m replay",
+        description="Recorded sessions: list, show, export, import and replay them.",
+    )
     parser.add_argument(
         "--nats", help=f"nats-server holding the recordings (default {DEFAULT_NATS})"
     )
@@ -179,9 +182,12 @@ async def amain(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, e
                     out.write(render_show(build_timeline(session)) + "\n")
             case "export":
                 assert store is not None
-                sessions = [await store.session(s) for s in args.sessions]
+                wanted = list(dict.fromkeys(args.sessions))
                 if args.since:
-                    sessions += await store.sessions(parse_since(args.since))
+                    # Whole sessions: one that began before the time is not cut in two.
+                    active = await store.sessions(parse_since(args.since), records_only=True)
+                    wanted += [s.session_id for s in active if s.session_id not in wanted]
+                sessions = [await store.session(session_id) for session_id in wanted]
                 if args.output:
                     buffer = io.StringIO()
                     write_sessions(sessions, buffer)

@@ -252,7 +252,7 @@ def render_report(report: SessionReport) -> str:
             f"rejected frames  then {' '.join(timeline.rejections) or '-'}  "
             f"now {' '.join(run.rejections) or '-'}"
         )
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def summary_line(reports: Sequence[SessionReport]) -> str:

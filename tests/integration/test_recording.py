@@ -190,11 +190,18 @@ async def test_export_import_round_trip(tmp_path: Path, nats_server: NatsServer)
     client = await nats.connect(nats_server.url)
     try:
         await recorded_session(client, "exp-1", turns=3)
+        before = (await client.jetstream().stream_info(STREAM)).state
+        first = tmp_path / "first.jsonl"
+        code, _, err = await _cli(["--nats", nats_server.url, "export", "exp-1", "-o", str(first)])
+        assert code == 0 and "exported 1 session" in err
+        code, since, _ = await _cli(["--nats", nats_server.url, "export", "--since", "1h"])
+        assert code == 0 and since == first.read_text()
+        code, shown, _ = await _cli(["--nats", nats_server.url, "show", "exp-1"])
+        assert code == 0 and "tool decision yes" in shown
+        after = (await client.jetstream().stream_info(STREAM)).state
+        assert (after.messages, after.last_seq) == (before.messages, before.last_seq)
     finally:
         await client.close()
-    first = tmp_path / "first.jsonl"
-    code, _, err = await _cli(["--nats", nats_server.url, "export", "exp-1", "-o", str(first)])
-    assert code == 0 and "exported 1 session" in err
     async with NatsServer(tmp_path / "other") as other:
         async with run_stack(make_config(other.url, recording=RECORDING)) as fresh:
             code, out, _ = await _cli(["--nats", other.url, "import", str(first)])
@@ -209,7 +216,7 @@ async def test_export_import_round_trip(tmp_path: Path, nats_server: NatsServer)
         assert "exp-1" in out and "done cancelled cancelled" in out
 
 
-async def test_replay_against_the_stack(nats_server: NatsServer) -> None:
+async def test_replay_against_the_stack(tmp_path: Path, nats_server: NatsServer) -> None:
     """A strict replay of a recorded session matches turn for turn; a fanout reports percentiles."""
     config = make_config(nats_server.url, recording=RECORDING)
     async with run_stack(config) as stack:
@@ -230,9 +237,11 @@ async def test_replay_against_the_stack(nats_server: NatsServer) -> None:
         assert [t["decision"]["now"] for t in report["turns"]] == ["yes", "no", "no"]
         assert [t["text"]["divergence"] for t in report["turns"]] == [None, None, None]
         assert all(t["frames"]["then"] == t["frames"]["now"] for t in report["turns"])
-        code, out, _ = await _cli([*base, "--fanout", "2", "--asap"])
+        plot = tmp_path / "fanout.png"
+        code, out, _ = await _cli([*base, "--fanout", "2", "--asap", "--plot", str(plot)])
         assert code == 0
         assert "total=6" in out and "chat_ttfb_ms p50=" in out and "cancel_ms" in out
+        assert plot.stat().st_size > 0
 
 
 async def _run(*argv: str) -> tuple[int, str]:
