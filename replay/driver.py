@@ -377,7 +377,9 @@ class SessionDriver:
         def reached() -> bool:
             turn = connection.turn(anchor.turn)
             if turn is None:
-                return connection.closed or (connection.idle and len(self.run.turns) >= anchor.turn)
+                # No start is pending and no turn runs: that turn is not coming (its
+                # start was refused this time); go on rather than wait out the timeout.
+                return connection.idle
             if turn.ended:
                 return True
             return len(turn.streamed) >= anchor.chars and (
