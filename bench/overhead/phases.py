@@ -294,6 +294,7 @@ def conditions(settings: Settings) -> dict[str, Any]:
         "log_level": settings.log_level,
         "compression": "permessage-deflate" if settings.compression else "none",
         "stream_flush_ms": settings.stream_flush_ms,
+        "recording": settings.recording,
     }
 
 
