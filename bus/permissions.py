@@ -156,8 +156,9 @@ def replay_role() -> Role:
 
 
 def shared_roles() -> tuple[Role, ...]:
-    """One user per process kind (``edge``, ``actor``) and the observer: every id's
-    subjects, for nats-server configs written ahead of time (see the module docstring)."""
+    """One user per process kind (``edge``, ``actor``), the observer and the replay
+    user: every id's subjects, for nats-server configs written ahead of time (see the
+    module docstring)."""
     return (
         Role(
             user="edge",
@@ -165,6 +166,7 @@ def shared_roles() -> tuple[Role, ...]:
                 f"{subjects.PREFIX}.session.*.in.>",
                 subjects.ALL_EDGE_STATS,
                 *_SESSIONS_KV_API,
+                *_RECORDING_EDGE,
             ),
             subscribe=(subjects.all_out(), subjects.ALL_HEARTBEATS, f"{subjects.INBOX}.>"),
         ),
@@ -175,6 +177,7 @@ def shared_roles() -> tuple[Role, ...]:
             allow_responses=True,
         ),
         observer_role(),
+        replay_role(),
     )
 
 
