@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,13 @@ import nats
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from configs.loader import ENV_OVERRIDES
 from launcher.nats import NatsServer
 from replay.cli import amain, parse_args
+from replay.store import BusTarget
+from replay.store import connect as store_connect
+from tests.support.fakes import REPO_ROOT
+from tests.support.ports import free_port
 from tests.support.recording import recorded_session
 from tests.support.stack import read_turn, recv_json, start_message
 from tests.support.system import API_KEY, run_system
@@ -134,3 +142,62 @@ async def test_record_export_import_replay(tmp_path: Path, model_cache: Path) ->
             assert f"replay --strict: turn {turn}: text diverges at character" in err
         assert "turn 3:" not in err and "turn 5:" not in err  # interrupted before 100 tokens
         assert "DIFFERS at char" in out
+
+
+def _launcher(*args: str, cwd: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> args`` in ``cwd``, as an operator runs it from a checkout."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+async def test_just_up_records_and_the_replay_user_reads(tmp_path: Path) -> None:
+    """`just up` (one bus user per id) records a session; `python -m replay` reads it
+    with the replay user's access file alone, which dies with the run."""
+    (tmp_path / "config.toml").write_text(
+        '[edge]\napi_key = "e2e-key"\n\n'
+        '[tool]\nbackend = "fake"\n\n[chat]\nbackend = "fake"\n\n'
+        "[actor]\nheartbeat_interval_s = 0.1\n\n"
+        "[recording]\nenabled = true\n\n"
+        '[log]\nlevel = "INFO"\nformat = "text"\n'
+    )
+    edge_port = free_port()
+    ports = ("--edge-port", str(edge_port), "--nats-port", "0", "--nats-monitor-port", "0")
+    up = _launcher(
+        *("launcher", "up", "--detach", "--config", "config.toml", *ports),
+        cwd=tmp_path,
+        timeout_s=300,
+    )
+    assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
+    access_path = tmp_path / ".yap" / "run" / "replay.json"
+    try:
+        access = json.loads(access_path.read_text())
+        assert access["user"] == "replay" and access["password"]
+        assert access_path.stat().st_mode & 0o777 == 0o600
+        async with connect(f"ws://127.0.0.1:{edge_port}/ws?api_key=e2e-key") as ws:
+            await ws.send(start_message("up-recorded", "look at my screen"))
+            assert (await read_turn(ws, 60))[-1]["type"] == "done"
+        nc = await store_connect(BusTarget(access["url"], access["user"], access["password"]))
+        try:
+            session = await recorded_session(nc, "up-recorded", turns=1)
+        finally:
+            await nc.close()
+        out = {e.edge_id for e in session.events if e.direction == "out"}
+        assert out == {"edge-0"}
+        listed = _launcher("replay", "list", cwd=tmp_path, timeout_s=60)
+        assert listed.returncode == 0, listed.stderr
+        assert "up-recorded" in listed.stdout and " done" in listed.stdout, listed.stdout
+        shown = _launcher("replay", "show", "up-recorded", cwd=tmp_path, timeout_s=60)
+        assert shown.returncode == 0 and "tool decision yes" in shown.stdout, shown.stderr
+    finally:
+        down = _launcher("launcher", "down", cwd=tmp_path, timeout_s=120)
+    assert down.returncode == 0, down.stderr
+    assert not access_path.exists()
