@@ -1,7 +1,7 @@
 """``bench.overhead --recording``: the token path measured with the edge recording.
 
-No timing assertions (the machine is shared): the run completes, says it
-recorded, and the bus side delivered every token without errors.
+No timing assertions (the machine is shared): the run completes, its stream holds
+the run's events, and the bus side delivered every token without errors.
 """
 
 from __future__ import annotations
@@ -41,3 +41,5 @@ async def test_overhead_with_recording(tmp_path: Path) -> None:
     assert report["conditions"]["recording"] is True
     (row,) = report["latency"]
     assert row["bus"]["errors"] == {} and row["bus"]["tokens_received"] > 0
+    # The stream took the run's events: at least one per token the bus side delivered.
+    assert report["recorded_messages"] >= row["bus"]["tokens_received"]
