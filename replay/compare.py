@@ -7,14 +7,15 @@ toolcall, first-token and total latency.
 **Cache state.** Greedy decoding is not reproducible between a prompt computed
 cold and one computed from a cached prefix: near-tie logits flip
 (``docs/benchmarks-gpu.md``). So text is compared only between equal cache states:
-each turn carries the chat prompt's ``cached_tokens`` then and now, and where both
-are known and differ the text is *not comparable* and ``--strict`` fails on that,
-saying so. The way to get equal states is ``replay --warmup``: one unscored pass
-first, so that the scored pass runs from the cache state a recording made on a
-warm system has. The CPU engine's cache fills only through warm requests: the
-client's, and the chat actor's own next-turn warm, which the session's next start
-cancels if it still runs, so whether it got done is timing; a gate that must
-compare every turn runs both sides with ``chat.warm_next_turn = false``.
+each turn carries the chat prompt's ``cached_tokens`` then and now, and a text
+that diverges where both are known and differ is *not comparable*: ``--strict``
+fails on that, saying so, not on the divergence (identical text is identical).
+The way to get equal states is ``replay --warmup``: one unscored pass first, so
+that the scored pass runs from the cache state a recording made on a warm system
+has. The CPU engine's cache fills only through warm requests: the client's, and
+the chat actor's own next-turn warm, which the session's next start cancels if it
+still runs, so whether it got done is timing; a gate that must compare every turn
+runs both sides with ``chat.warm_next_turn = false``.
 
 **Latency.** Then is measured at the bus (the start's arrival at the edge to the
 event's arrival at nats-server), now at the client (start sent to frame
@@ -158,17 +159,20 @@ def _text(report: TurnReport, then: RecordedTurn, now: ObservedTurn, *, redacted
     if redacted:
         report.text_note = "not compared (the recording is redacted: replay sent blanks)"
         return
+    report.divergence = _divergence(report.text_then, report.text_now)
+    if report.divergence is None:
+        return  # identical, whatever the cache held: nothing to explain
     cached_then, cached_now = report.cached
     if cached_then is not None and cached_now is not None and cached_then != cached_now:
+        # A near-tie may have flipped: this divergence says nothing about the change.
         report.text_note = (
-            f"not comparable: cache state differs ({cached_then} cached tokens then, "
-            f"{cached_now} now); replay with --warmup, or from the same cache state"
+            f"not comparable: text diverges at character {report.divergence} but the cache "
+            f"state differs ({cached_then} cached tokens then, {cached_now} now); replay "
+            "with --warmup, or from the same cache state"
         )
         report.failures.append(report.text_note)
         return
-    report.divergence = _divergence(report.text_then, report.text_now)
-    if report.divergence is not None:
-        report.failures.append(f"text diverges at character {report.divergence}")
+    report.failures.append(f"text diverges at character {report.divergence}")
 
 
 def _divergence(a: str, b: str) -> int | None:
@@ -220,6 +224,8 @@ def render_report(report: SessionReport) -> str:
         else:
             text_now = _snippet(turn.text_now, turn.divergence)
             verdict = f"DIFFERS at char {turn.divergence}"
+            if turn.text_note:
+                verdict += ", not comparable (cache state differs)"
         text_then = f"{len(turn.text_then)} chars"
         if turn.divergence is not None:
             text_then = _snippet(turn.text_then, turn.divergence)

@@ -97,14 +97,17 @@ def test_latency_regression_over_the_threshold() -> None:
 
 
 def test_cache_state_difference_is_not_comparable() -> None:
-    """Different cached-token counts make the text not comparable, and strict says why."""
-    run = faithful(t1=observed(1, "no", ["Hello ", "world."], "done", cached=64))
+    """Text that diverges from another cache state is not comparable, and strict says
+    why; the same text from another cache state is simply identical."""
+    run = faithful(t1=observed(1, "no", ["Hello ", "wor"], "done", cached=64))
     report = compare(build_timeline(recorded.session()), run, LOOSE)
-    assert report.turns[0].divergence is None
     assert report.failures == [
-        "turn 1: not comparable: cache state differs (0 cached tokens then, 64 now); "
-        "replay with --warmup, or from the same cache state"
+        "turn 1: not comparable: text diverges at character 9 but the cache state differs "
+        "(0 cached tokens then, 64 now); replay with --warmup, or from the same cache state"
     ]
+    same = faithful(t1=observed(1, "no", ["Hello ", "world."], "done", cached=64))
+    report = compare(build_timeline(recorded.session()), same, LOOSE)
+    assert report.failures == [] and report.turns[0].divergence is None
 
 
 def test_missing_turns_and_rejections() -> None:
