@@ -29,6 +29,22 @@ down *args:
 status *args:
     -{{ quote(python) }} -m launcher status "$@"
 
+# One turn against the running system, with its latencies (`just warmup "who was Columbus?"`).
+warmup *args:
+    {{ quote(python) }} -m clients.warmup "$@"
+
+# Latency percentiles under load (`just bench -n 64 -c 16`, `--plot out.png`).
+bench *args:
+    {{ quote(python) }} -m clients.bench "$@"
+
+# Recorded sessions with their turns and outcomes (needs `[recording] enabled`).
+record-list *args:
+    {{ quote(python) }} -m replay list "$@"
+
+# Any `python -m replay` command: `just replay show SID`, `just replay replay SID --strict`.
+replay *args:
+    {{ quote(python) }} -m replay "$@"
+
 # Lint, then run the tests (pytest fails on failures and on zero tests collected).
 test *args:
     {{ quote(python) }} -m ruff check .

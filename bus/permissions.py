@@ -11,10 +11,14 @@ from that id:
   publishes only outbound subjects that carry its own id as the sender, and its own
   heartbeat: with the edge accepting a leg's events only from the actor that
   accepted the leg, a leaked actor password cannot write into another actor's leg;
-- the observer (``just status``) only reads heartbeats and edge stats.
+- the observer (``just status``) only reads heartbeats and edge stats;
+- the replay user (``python -m replay``) alone reads the session recordings, and
+  besides the edges it alone writes session settings (to restore a recorded seed,
+  clock and persona). An edge may publish its recording records and set the
+  recording stream up, but never read it.
 
-Anonymous connections are refused outright. Other roles (replay, tools) are
-``Role`` values of their own, passed to :func:`authorization_config` beside these.
+Anonymous connections are refused outright. Other roles (tools) are ``Role``
+values of their own, passed to :func:`authorization_config` beside these.
 
 A static deployment whose nats-server config cannot name every process (a
 Kubernetes Deployment's pods get random names) uses :func:`shared_roles` instead:
@@ -34,9 +38,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from bus import subjects
+from bus.recording import STREAM as RECORDING_STREAM
 
 __all__ = [
     "OBSERVER",
+    "REPLAY",
     "SESSIONS_KV",
     "Role",
     "actor_role",
@@ -45,11 +51,13 @@ __all__ = [
     "edge_role",
     "new_passwords",
     "observer_role",
+    "replay_role",
     "shared_roles",
 ]
 
 SESSIONS_KV: Final = "yap_sessions"
 OBSERVER: Final = "observer"
+REPLAY: Final = "replay"
 
 # What the edge's session store needs of JetStream: find or make the KV bucket,
 # read and write its keys. Replies come back to the edge's own inbox.
@@ -60,6 +68,15 @@ _SESSIONS_KV_API: Final = (
     f"$JS.API.DIRECT.GET.KV_{SESSIONS_KV}.>",
     f"$KV.{SESSIONS_KV}.>",
     "$JS.API.INFO",
+)
+# What an edge needs for session recording: publish its records on the sessions'
+# client subjects, and find, make or update the stream (its [recording] config
+# says how). Reading the stream is not among them.
+_RECORDING_EDGE: Final = (
+    subjects.all_clients(),
+    f"$JS.API.STREAM.INFO.{RECORDING_STREAM}",
+    f"$JS.API.STREAM.CREATE.{RECORDING_STREAM}",
+    f"$JS.API.STREAM.UPDATE.{RECORDING_STREAM}",
 )
 
 
@@ -81,6 +98,7 @@ def edge_role(edge_id: str) -> Role:
             f"{subjects.PREFIX}.session.*.in.>",
             subjects.edge_stats(edge_id),
             *_SESSIONS_KV_API,
+            *_RECORDING_EDGE,
         ),
         subscribe=(
             subjects.edge_outbox(edge_id),
@@ -109,9 +127,38 @@ def observer_role() -> Role:
     )
 
 
+def replay_role() -> Role:
+    """The user of ``python -m replay``: the one reader of recordings.
+
+    It reads the stream through ephemeral ordered consumers, imports sessions
+    under the import prefix (which only the stream listens to), and writes a
+    session's KV entry: that is the operator-only way a replay restores the
+    recorded seed, clock and persona. Replies come to its own inbox prefix.
+    """
+    stream = RECORDING_STREAM
+    return Role(
+        user=REPLAY,
+        publish=(
+            "$JS.API.INFO",
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.STREAM.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.INFO.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>",
+            f"$JS.FC.{stream}.>",  # flow-control replies of ordered consumers
+            subjects.imported(">"),
+            f"$JS.API.STREAM.INFO.KV_{SESSIONS_KV}",
+            f"$KV.{SESSIONS_KV}.>",
+        ),
+        subscribe=(f"{subjects.inbox_prefix(REPLAY)}.>",),
+    )
+
+
 def shared_roles() -> tuple[Role, ...]:
-    """One user per process kind (``edge``, ``actor``) and the observer: every id's
-    subjects, for nats-server configs written ahead of time (see the module docstring)."""
+    """One user per process kind (``edge``, ``actor``), the observer and the replay
+    user: every id's subjects, for nats-server configs written ahead of time (see the
+    module docstring)."""
     return (
         Role(
             user="edge",
@@ -119,6 +166,7 @@ def shared_roles() -> tuple[Role, ...]:
                 f"{subjects.PREFIX}.session.*.in.>",
                 subjects.ALL_EDGE_STATS,
                 *_SESSIONS_KV_API,
+                *_RECORDING_EDGE,
             ),
             subscribe=(subjects.all_out(), subjects.ALL_HEARTBEATS, f"{subjects.INBOX}.>"),
         ),
@@ -129,15 +177,17 @@ def shared_roles() -> tuple[Role, ...]:
             allow_responses=True,
         ),
         observer_role(),
+        replay_role(),
     )
 
 
 def deployment_roles(edge_ids: Iterable[str], actor_ids: Iterable[str]) -> tuple[Role, ...]:
-    """One user per edge and per actor, and the observer."""
+    """One user per edge and per actor, the observer and the replay user."""
     return (
         *(edge_role(e) for e in edge_ids),
         *(actor_role(a) for a in actor_ids),
         observer_role(),
+        replay_role(),
     )
 
 

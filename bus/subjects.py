@@ -12,6 +12,7 @@ Every id is checked before it ever becomes a subject token.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Final, Literal
 
 __all__ = [
@@ -26,11 +27,14 @@ __all__ = [
     "ActorKind",
     "InvalidSessionId",
     "OutKind",
+    "RecordedSubject",
     "all_cancels",
     "all_chat_starts",
     "all_chat_starts_at",
     "all_chat_warms",
     "all_chat_warms_at",
+    "all_clients",
+    "all_imported",
     "all_out",
     "all_tool_starts",
     "cancel",
@@ -38,13 +42,19 @@ __all__ = [
     "chat_start_at",
     "chat_warm",
     "chat_warm_at",
+    "client",
     "edge_out",
     "edge_outbox",
     "edge_stats",
     "heartbeat",
+    "imported",
     "inbox_prefix",
     "out_from",
     "parse_edge_out",
+    "parse_recorded",
+    "recording_subjects",
+    "recording_transform",
+    "session_recording",
     "tool_start",
     "validate_id",
     "validate_session_id",
@@ -197,3 +207,153 @@ def all_chat_warms() -> str:
 
 def all_cancels() -> str:
     return f"{PREFIX}.session.*.in.cancel"
+
+
+# --- recording (issue 11) -----------------------------------------------------------
+#
+# The recording stream captures a session's inbound and outbound events plus the
+# edge's own record of what the client sent. Everything below is built from the
+# builders above, so a rename of those moves the stream's filters with it; nothing
+# outside this module knows the shapes.
+
+RecordedDirection = Literal["in", "out", "client"]
+_IMPORT_PREFIX: Final = f"{PREFIX}.import"
+_ANY: Final = "*"
+# Valid ids that the builders accept, swapped for wildcards afterwards: filters are
+# made by the same builders as the subjects they must match. Two of them, so a
+# session's filter can wildcard the edge and actor tokens and keep the session's.
+_ANY_SESSION: Final = "RECORDING-PLACEHOLDER-SID"
+_ANY_ID: Final = "RECORDING-PLACEHOLDER-ID"
+
+
+def client(session_id: str) -> str:
+    """The edge's record of one client message (or its answer) in a session."""
+    return f"{_session(session_id)}.client"
+
+
+def _wildcard(subject: str) -> str:
+    placeholders = (_ANY_SESSION, _ANY_ID)
+    return ".".join(_ANY if token in placeholders else token for token in subject.split("."))
+
+
+def _common_prefix(*built: str) -> str:
+    """The tokens all of ``built`` share, then ``>``: one filter for a family of subjects."""
+    split = [subject.split(".") for subject in built]
+    shared: list[str] = []
+    for tokens in zip(*split, strict=False):
+        if any(token != tokens[0] for token in tokens):
+            break
+        shared.append(tokens[0])
+    return ".".join([*shared, ">"])
+
+
+def _inbound_patterns(session_id: str, *, redact: bool) -> tuple[str, ...]:
+    if redact:
+        # Starts and warms carry utterance, history and persona text verbatim; the
+        # edge records blanked copies on the client subject instead.
+        return (cancel(session_id),)
+    return (
+        _common_prefix(
+            tool_start(session_id),
+            chat_start(session_id),
+            chat_warm(session_id),
+            cancel(session_id),
+        ),
+    )
+
+
+def _session_out(session_id: str) -> str:
+    """One session's outbound events, to whichever edges served it, from any actor."""
+    built = (edge_out(_ANY_ID, session_id, _ANY_ID, kind) for kind in sorted(OUT_KINDS))
+    return _wildcard(_common_prefix(*built))
+
+
+def recording_subjects(*, redact: bool = False) -> tuple[str, ...]:
+    """The recording stream's subject filters: every session's in, out and client.
+
+    Heartbeats and edge stats are not sessions' events and match none of these.
+    With ``redact`` the text-bearing inbound subjects are left out (see above).
+    """
+    inbound = (_wildcard(p) for p in _inbound_patterns(_ANY_SESSION, redact=redact))
+    return (*inbound, all_out(), all_clients(), all_imported())
+
+
+def session_recording(session_id: str) -> tuple[str, ...]:
+    """Consumer filters for everything recorded about one session."""
+    return (
+        *_inbound_patterns(session_id, redact=False),
+        _session_out(session_id),
+        client(session_id),
+    )
+
+
+def all_clients() -> str:
+    """Every session's client records (what ``python -m replay list`` reads)."""
+    return _wildcard(client(_ANY_SESSION))
+
+
+def all_imported() -> str:
+    """What a recording stream still listens to while recording is off: imports only."""
+    return f"{_IMPORT_PREFIX}.>"
+
+
+def imported(subject: str) -> str:
+    """Where ``python -m replay import`` publishes a recorded ``subject``.
+
+    Nothing but the recording stream listens under this prefix, so an imported
+    start never reaches an actor; the stream stores it under ``subject`` again.
+    """
+    return f"{_IMPORT_PREFIX}.{subject}"
+
+
+def recording_transform() -> tuple[str, str]:
+    """The stream's subject transform (source, destination) that undoes :func:`imported`."""
+    return f"{_IMPORT_PREFIX}.>", ">"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedSubject:
+    """What a recorded subject says: whose, which direction, which kind.
+
+    ``kind`` is the out kind (token, done...), the inbound kind (tool.start,
+    chat.start, chat.warm, cancel) or ``client``; ``actor_id`` is the addressed
+    actor (an inbound subject with affinity) or the sending one (outbound);
+    ``edge_id`` is the edge an outbound event went to.
+    """
+
+    session_id: str
+    direction: RecordedDirection
+    kind: str
+    actor_id: str | None = None
+    edge_id: str | None = None
+
+
+def parse_recorded(subject: str) -> RecordedSubject | None:
+    """Read a recorded subject back; None for anything the recording does not hold."""
+    tokens = subject.split(".")
+    if (out := parse_edge_out(subject)) is not None:
+        # Outside an edge's own subscription no server match vouches for the tokens
+        # (an export file may hold anything): check them here.
+        session_id, actor_id, kind = out
+        edge_id = tokens[2]
+        if tokens[:2] != [PREFIX, "edge"] or not all(
+            _SAFE_TOKEN.fullmatch(token) for token in (edge_id, session_id, actor_id)
+        ):
+            return None
+        return RecordedSubject(session_id, "out", kind, actor_id, edge_id)
+    if len(tokens) < 4 or tokens[0] != PREFIX or tokens[1] != "session":
+        return None
+    session_id, direction, rest = tokens[2], tokens[3], tokens[4:]
+    if not _SAFE_TOKEN.fullmatch(session_id):
+        return None
+    if direction == "client" and not rest:
+        return RecordedSubject(session_id, "client", "client")
+    if direction == "in" and rest:
+        if rest == ["cancel"]:
+            return RecordedSubject(session_id, "in", "cancel")
+        if len(rest) in (2, 3) and rest[0] in ("tool", "chat"):
+            actor = rest[2] if len(rest) == 3 else None
+            if actor is not None and not _SAFE_TOKEN.fullmatch(actor):
+                return None
+            return RecordedSubject(session_id, "in", f"{rest[0]}.{rest[1]}", actor)
+    return None

@@ -48,9 +48,14 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyTy
         "CHAT_METRICS_PORT": (("actor", "chat_metrics_port"),),
         "YAP_LOG_LEVEL": (("log", "level"),),
         "YAP_LOG_FORMAT": (("log", "format"),),
+        "YAP_RECORDING": (("recording", "enabled"),),
     }
 )
 
+_FLAGS: Final = {
+    ("models", "concurrent_model_call"): "CONCURRENT_MODEL_CALL",
+    ("recording", "enabled"): "YAP_RECORDING",
+}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -112,13 +117,13 @@ def _field_type(section: str, key: str) -> Any:
 
 def _env_value(section: str, key: str, raw: str) -> Any:
     """Turn an env string into what the field expects; msgspec checks the rest."""
-    if (section, key) == ("models", "concurrent_model_call"):
+    if (section, key) in _FLAGS:
         lowered = raw.strip().lower()
         if lowered in _TRUE:
             return True
         if lowered in _FALSE:
             return False
-        raise ConfigError(f"CONCURRENT_MODEL_CALL must be 0 or 1, got {raw!r}")
+        raise ConfigError(f"{_FLAGS[section, key]} must be 0 or 1, got {raw!r}")
     if key in ("quantization",) and raw.strip().lower() in ("", "none", "auto"):
         return None
     if (section, key) == ("bus", "servers"):

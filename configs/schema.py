@@ -24,6 +24,7 @@ __all__ = [
     "LogConfig",
     "ModelsConfig",
     "NatsServerConfig",
+    "RecordingConfig",
     "SamplingConfig",
     "ToolConfig",
 ]
@@ -282,6 +283,23 @@ class LauncherConfig(_Base):
             raise ValueError("launcher.backoff_jitter must be in [0, 1)")
 
 
+class RecordingConfig(_Base):
+    """Session recording on JetStream (``python -m replay``); off: it is user content."""
+
+    enabled: bool = False
+    # Kept this long and within this size, oldest dropped first; file storage in
+    # the nats-server's JetStream store dir.
+    max_age_s: float = 7 * 24 * 3600.0
+    max_bytes: int = 1024**3
+    # "" keeps the text; "blank" replaces utterance, history and persona text by as
+    # many "_"; "module:function" names a function (field, text) -> text of your own.
+    redact: str = ""
+
+    def __post_init__(self) -> None:
+        if self.max_age_s <= 0 or self.max_bytes <= 0:
+            raise ValueError("recording.max_age_s and recording.max_bytes must be positive")
+
+
 class LogConfig(_Base):
     level: str = "INFO"
     format: Literal["auto", "text", "json"] = "auto"
@@ -297,6 +315,7 @@ class Config(_Base):
     actor: ActorConfig = ActorConfig()
     launcher: LauncherConfig = LauncherConfig()
     log: LogConfig = LogConfig()
+    recording: RecordingConfig = RecordingConfig()
 
     @property
     def max_connections(self) -> int:

@@ -90,6 +90,7 @@ class ClientConnection:
             log=log,
         )
         self._writer: asyncio.Task[None] | None = None
+        self._recorder = context.recorder.connection()
 
     @property
     def turn_running(self) -> bool:
@@ -177,6 +178,7 @@ class ClientConnection:
                 return
             except ConnectionClosed:
                 return
+            self._recorder.frame(data)
             if not self._messages.allow():
                 self._error(codes.RATE_LIMITED, "too many messages; slow down")
             else:
@@ -268,6 +270,7 @@ class ClientConnection:
             )
         )
         self._running = running
+        self._recorder.turn_started(session_id, turn_id, settings)
         log.info(
             "turn start (%s%s)",
             models.deploy,
@@ -288,6 +291,7 @@ class ClientConnection:
             running.ended.set()
             machine = running.turn.machine
             code, outcome = machine.error_code, machine.outcome
+            self._recorder.turn_ended(machine.plan.session_id, running.turn.turn_id, outcome, code)
             self._ctx.stats.outcomes[code or outcome] += 1
             self._ctx.metrics.turns.labels(code or outcome).inc()
             running.log.info(
@@ -451,6 +455,7 @@ class ClientConnection:
 
     def _error(self, code: str, message: str) -> None:
         frame = frames.error(code, message)
+        self._recorder.error(code)
         self._count(frame, None)
         self._out.push(frame)
 

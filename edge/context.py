@@ -16,6 +16,7 @@ from edge.frames import FrameEncoder
 from edge.legs import LegClient
 from edge.metrics import EdgeMetrics, TurnStats
 from edge.protocol import ClientProtocol
+from edge.recorder import Recorder
 from edge.sessions import SessionStore
 
 __all__ = ["EdgeContext"]
@@ -31,4 +32,5 @@ class EdgeContext:
     dispatcher: EventDispatcher
     metrics: EdgeMetrics
     stats: TurnStats
+    recorder: Recorder
     rng: random.Random = field(default_factory=random.Random)

@@ -35,6 +35,7 @@ from bus import codes, subjects
 from bus.codec import BusDecodeError, Codec
 from bus.events import Accepted, ActorKind, Cancel, ChatStart, Rejected, ToolStart, Warm, Warmed
 from edge.messages import StartMessage
+from edge.recorder import Recorder
 from edge.registry import ActorRegistry
 from edge.sessions import SessionSettings
 
@@ -60,6 +61,7 @@ class LegClient:
         start_timeout_s: float,
         warm_timeout_s: float,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        recorder: Recorder | None = None,
     ) -> None:
         self._nc = nc
         self._codec = codec
@@ -68,6 +70,7 @@ class LegClient:
         self._start_timeout_s = start_timeout_s
         self._warm_timeout_s = warm_timeout_s
         self._log = log
+        self._recorder = recorder or Recorder.off()
 
     @property
     def connected(self) -> bool:
@@ -115,6 +118,7 @@ class LegClient:
                 seed=settings.seed,
                 edge_id=self.edge_id,
             )
+        self._recorder.leg_started(kind, event)
         reply = await self._request(kind, direct, shared, event, self._start_timeout_s)
         match reply:
             case LegRefused() | Accepted():

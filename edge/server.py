@@ -48,6 +48,7 @@ from edge.frames import FrameEncoder
 from edge.legs import LegClient
 from edge.metrics import EdgeMetrics, TurnStats
 from edge.protocol import ClientProtocol, ProtocolLimits
+from edge.recorder import Recorder
 from edge.registry import ActorRegistry
 from edge.sessions import KvSessionStore, MemorySessionStore, SessionStore
 
@@ -78,6 +79,7 @@ class EdgeServer:
         self.stats = TurnStats()
         self._context: EdgeContext | None = None
         self._nc: NatsClient | None = None
+        self._recorder: Recorder | None = None
         self._slots: ConnectionSlots | None = None
         self._server: Server | None = None
         self._shutting_down = False
@@ -125,6 +127,8 @@ class EdgeServer:
             actors_alive=lambda kind: len(registry.live(kind)),  # type: ignore[arg-type]
         )
         dispatcher = EventDispatcher(codec, metrics, self._log)
+        recorder = self._recorder = Recorder(config, nc, self.edge_id, self._log)
+        await recorder.start()
         self._context = EdgeContext(
             config=config,
             encoder=FrameEncoder(),
@@ -144,10 +148,12 @@ class EdgeServer:
                 start_timeout_s=edge.start_timeout_s,
                 warm_timeout_s=max(edge.event_timeout_s, 1.0),
                 log=self._log,
+                recorder=recorder,
             ),
             dispatcher=dispatcher,
             metrics=metrics,
             stats=self.stats,
+            recorder=recorder,
         )
         self._codec = codec
         self._slots = open_slots(
@@ -217,6 +223,8 @@ class EdgeServer:
                 await server.wait_closed()
         except TimeoutError:
             self._log.warning("connections still open after %.0f s; dropping them", timeout_s)
+        if self._recorder is not None:
+            await self._recorder.close()  # the last records go out before the drain
         try:
             await nc.drain()
         except Exception as exc:

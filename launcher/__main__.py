@@ -31,6 +31,7 @@ from launcher.net import connect_host, free_port
 from launcher.plan import parse_replicas, with_cluster, with_replicas
 from launcher.rundir import RunDir, launcher_alive, wait_exit
 from launcher.status import (
+    REPLAY_ACCESS_FILE,
     BusAccess,
     collect,
     read_access,
@@ -201,6 +202,7 @@ def _up(args: argparse.Namespace) -> int:
 
         def on_ready(launcher: Launcher) -> None:
             write_access(run_dir.path, launcher.observer_access)
+            write_access(run_dir.path, launcher.replay_access, REPLAY_ACCESS_FILE)
             notify()
 
         def on_change(launcher: Launcher) -> None:

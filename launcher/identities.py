@@ -16,11 +16,14 @@ from typing import Literal
 
 from bus.permissions import (
     OBSERVER,
+    REPLAY,
+    Role,
     actor_role,
     authorization_config,
     edge_role,
     new_passwords,
     observer_role,
+    replay_role,
 )
 from launcher.plan import Plan
 
@@ -32,12 +35,13 @@ __all__ = [
     "process_env",
 ]
 
-IdentityRole = Literal["edge", "actor", "observer"]
+IdentityRole = Literal["edge", "actor", "observer", "replay"]
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A process's role and id (``actor``, ``chat-1``); the observer is ``just status``."""
+    """A process's role and id (``actor``, ``chat-1``); the observer is ``just status``,
+    the replay user ``python -m replay`` (which reads the session recordings)."""
 
     role: IdentityRole
     id: str
@@ -50,11 +54,13 @@ class BusCredentials:
 
 
 def identities(plan: Plan) -> tuple[Identity, ...]:
-    """Every identity of a run: each actor slot, each edge slot, and the observer."""
+    """Every identity of a run: each actor slot, each edge slot, the observer and
+    the replay user."""
     return (
         *(Identity("actor", slot.name) for slot in plan.actors),
         *(Identity("edge", slot.name) for slot in plan.edges),
         Identity("observer", OBSERVER),
+        Identity("replay", REPLAY),
     )
 
 
@@ -66,20 +72,25 @@ def bus_authorization(
     The passwords exist for one run only: a leaked one dies with the run.
     """
     ids = tuple(ids)
-    roles = [
-        edge_role(i.id)
-        if i.role == "edge"
-        else actor_role(i.id)
-        if i.role == "actor"
-        else observer_role()
-        for i in ids
-    ]
+    roles = [_role(i) for i in ids]
     passwords = new_passwords(roles)
     credentials = {
         i.id: BusCredentials(role.user, passwords[role.user])
         for i, role in zip(ids, roles, strict=True)
     }
     return authorization_config(roles, passwords), credentials
+
+
+def _role(identity: Identity) -> Role:
+    match identity.role:
+        case "edge":
+            return edge_role(identity.id)
+        case "actor":
+            return actor_role(identity.id)
+        case "observer":
+            return observer_role()
+        case "replay":
+            return replay_role()
 
 
 def process_env(identity: Identity, credentials: BusCredentials | None) -> dict[str, str]:

@@ -76,7 +76,7 @@ class RunDir:
         if self.read_pid() == pid:
             self.pid_path.unlink(missing_ok=True)
             # The bus credentials of a run die with it, and so does its state.
-            for name in ("bus.json", "services.json", "config.toml"):
+            for name in ("bus.json", "replay.json", "services.json", "config.toml"):
                 (self.path / name).unlink(missing_ok=True)
 
     def remove_pid_file(self) -> None:

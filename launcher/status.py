@@ -23,6 +23,7 @@ from bus.events import EdgeStats, Heartbeat
 from launcher.services import ServiceStatus
 
 __all__ = [
+    "REPLAY_ACCESS_FILE",
     "BusAccess",
     "Snapshot",
     "collect",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 ACCESS_FILE = "bus.json"
+# The replay user's (python -m replay reads it): it may read recordings and set sessions.
+REPLAY_ACCESS_FILE = "replay.json"
 SERVICES_FILE = "services.json"
 
 
@@ -50,9 +53,9 @@ class BusAccess(msgspec.Struct, frozen=True):
         return list(self.servers or (self.url,))
 
 
-def write_access(run_dir: Path, access: BusAccess) -> Path:
-    """Save how to reach the bus as the observer, readable by this user only."""
-    path = run_dir / ACCESS_FILE
+def write_access(run_dir: Path, access: BusAccess, name: str = ACCESS_FILE) -> Path:
+    """Save how to reach the bus (as the observer, by default), readable by this user only."""
+    path = run_dir / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(msgspec.json.encode(access))

@@ -33,6 +33,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bus.metrics_http import MetricsServer
+from bus.permissions import OBSERVER, REPLAY
 from configs.loader import ENV_OVERRIDES
 from configs.schema import Config
 from launcher.errors import (
@@ -210,11 +211,19 @@ class Launcher:
     @property
     def observer_access(self) -> BusAccess:
         """How ``just status`` reaches this run's bus."""
-        observer = self._credentials.get("observer")
+        return self._access(OBSERVER)
+
+    @property
+    def replay_access(self) -> BusAccess:
+        """How ``python -m replay`` reaches this run's bus: it reads the recordings."""
+        return self._access(REPLAY)
+
+    def _access(self, identity_id: str) -> BusAccess:
+        """The bus as ``identity_id``, or with the config's credentials on a bus we
+        did not start (whose users are not ours to make)."""
+        own = self._credentials.get(identity_id)
         bus = self.effective_config.bus
-        user, password = (
-            (observer.user, observer.password) if observer else (bus.user, bus.password)
-        )
+        user, password = (own.user, own.password) if own else (bus.user, bus.password)
         urls = self.bus_urls
         return BusAccess(urls[0], user, password, servers=urls)
 

@@ -76,6 +76,9 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument(
         "--from-json", metavar="PATH", help="run nothing: draw --plot from a --json report"
     )
+    parser.add_argument(
+        "--recording", action="store_true", help="the edge records every session (JetStream)"
+    )
     parser.add_argument("--client", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(list(argv))
     if args.duration <= 0 or args.warmup < 0 or args.tokens < 1 or args.rate <= 0:
@@ -102,6 +105,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
         max_foreign=args.max_foreign,
         retries=args.retries,
         quiet_wait_s=args.quiet_wait,
+        recording=args.recording,
     )
     return settings, args
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
 from websockets.asyncio.client import connect
 
 from bench.overhead.cpu import cpu_percent, cpu_snapshot
@@ -44,6 +46,7 @@ from bench.overhead.spec import (
     Settings,
     Side,
 )
+from bus.recording import STREAM as RECORDING_STREAM
 from clients.metrics import summarize
 from launcher.nats import NatsServer
 from launcher.process import ChildProcess
@@ -294,6 +297,7 @@ def conditions(settings: Settings) -> dict[str, Any]:
         "log_level": settings.log_level,
         "compression": "permessage-deflate" if settings.compression else "none",
         "stream_flush_ms": settings.stream_flush_ms,
+        "recording": settings.recording,
     }
 
 
@@ -352,10 +356,25 @@ async def run_benchmark(settings: Settings, out: TextIO) -> dict[str, Any]:
                     )
             else:
                 report["both"] = None
+            report["recorded_messages"] = await _recorded_messages(nats.url)
     report["targets"] = _targets(report, settings)
     out.write(render_summary(report))
     out.flush()
     return report
+
+
+async def _recorded_messages(nats_url: str) -> int | None:
+    """What the recording stream holds after the run (None: there is none): the
+    proof that a --recording run recorded, and an off run did not."""
+    nc = NatsClient()
+    await nc.connect(nats_url)
+    try:
+        info = await nc.jetstream(timeout=5.0).stream_info(RECORDING_STREAM)
+    except NotFoundError:
+        return None
+    finally:
+        await nc.close()
+    return info.state.messages
 
 
 async def _ladder(

@@ -36,7 +36,8 @@ def render_conditions(cond: Mapping[str, Any]) -> str:
         f"engine: bench, {cond['rate_per_session']:g} tokens/s per session, "
         f"{cond['tokens_per_turn']} tokens per turn; window {cond['duration_s']:g} s after "
         f"{cond['warmup_s']:g} s warm-up; cancel {cond['cancel']}; logs {cond['log_level']}; "
-        f"ws compression {cond['compression']}; edge flush {cond['stream_flush_ms']:g} ms\n"
+        f"ws compression {cond['compression']}; edge flush {cond['stream_flush_ms']:g} ms"
+        f"{'; edge recording on' if cond.get('recording') else ''}\n"
     )
 
 

@@ -154,6 +154,7 @@ class BusSide(BenchSide):
         self._log_level = settings.log_level
         self._flush_ms = settings.stream_flush_ms
         self._chat_replicas = settings.chat_replicas
+        self._recording = settings.recording
         self._port = free_port()
         self._edge: Launcher | None = None
         self._actors: Launcher | None = None
@@ -195,6 +196,7 @@ class BusSide(BenchSide):
             "tool": engine,
             "actor": {"max_running": 8192, "chat_replicas": self._chat_replicas},
             "log": {"level": self._log_level, "format": "text"},
+            "recording": {"enabled": self._recording},
         }
         return msgspec.convert(data, Config)
 

@@ -148,3 +148,6 @@ class Settings:
     quiet_wait_s: float
     # Chat actor replicas on the bus side (bench.scaleout compares 1 and 2).
     chat_replicas: int = 1
+    # The bus side's edge records every session to JetStream ([recording]): what
+    # recording costs on the token path.
+    recording: bool = False

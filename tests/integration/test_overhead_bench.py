@@ -110,3 +110,4 @@ async def test_overhead_smoke(tmp_path: Path) -> None:
     assert {target["name"] for target in report["targets"]}
     assert report["conditions"]["cores"] >= 1
     assert report["ws_rtt_us"]["busy_p50"] > 0
+    assert report["recorded_messages"] is None  # recording is off: no stream at all

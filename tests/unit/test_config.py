@@ -48,6 +48,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "CHAT_METRICS_PORT": ("9202", 9202),
     "YAP_LOG_LEVEL": ("DEBUG", "DEBUG"),
     "YAP_LOG_FORMAT": ("json", "json"),
+    "YAP_RECORDING": ("on", True),
 }
 
 

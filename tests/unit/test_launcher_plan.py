@@ -227,11 +227,19 @@ def test_toml_leaves_none_out() -> None:
 
 
 def test_every_slot_gets_an_identity_and_credentials() -> None:
-    """Each actor and edge slot, and the observer, have credentials; the env carries
-    the slot's id and a bus user of its own, named by the id."""
+    """Each actor and edge slot, the observer and the replay user have credentials;
+    the env carries the slot's id and a bus user of its own, named by the id."""
     plan = make_plan(config(actor={"chat_replicas": 2}, edge={"processes": 2}))
     ids = identities(plan)
-    assert [i.id for i in ids] == ["tool-0", "chat-0", "chat-1", "edge-0", "edge-1", "observer"]
+    assert [i.id for i in ids] == [
+        "tool-0",
+        "chat-0",
+        "chat-1",
+        "edge-0",
+        "edge-1",
+        "observer",
+        "replay",
+    ]
     authorization, credentials = bus_authorization(ids)
     assert set(credentials) == {i.id for i in ids}
     assert credentials["chat-1"].password in authorization
@@ -242,5 +250,6 @@ def test_every_slot_gets_an_identity_and_credentials() -> None:
         "YAP_BUS_PASSWORD": credentials["chat-1"].password,
     }
     assert credentials["edge-1"].user == "edge-1" and credentials["observer"].user == "observer"
+    assert credentials["replay"].user == "replay"
     assert process_env(Identity("edge", "edge-1"), None) == {"YAP_EDGE_ID": "edge-1"}
     assert bus_authorization(ids)[1]["chat-1"].password != credentials["chat-1"].password
