@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import uuid
@@ -21,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from actors.prompts.chat import HISTORY_LABEL
 from bus.history import append_turn
+from clients import bench, warmup
 from configs.schema import Config
 from edge.server import SESSIONS_BUCKET, EdgeServer
 from edge.sessions import KvSessionStore, MemorySessionStore, SessionSettings
@@ -324,3 +326,28 @@ async def test_an_oversized_entry_keeps_its_newest_history(nats_server, nats_cli
     assert stored is not None and stored.assistant_gender == "man"
     assert stored.history and settings.history.endswith(stored.history)
     assert stored.history.split("\n")[0] in lines
+
+
+async def test_warmup_and_bench_hold_a_server_kept_conversation(nats_server) -> None:
+    """clients.warmup --turns 3 --server-history and clients.bench --server-history in
+    persistent mode complete every turn, and each turn runs on the session's history."""
+    config = make_config(nats_server.url)
+    async with run_stack(config) as stack:
+        env = {"SERVER_WS_URL": stack.url, "YAP_API_KEY": API_KEY}
+        out = io.StringIO()
+        assert await warmup.amain(["--turns", "3", "--server-history", "hi"], env, out) == 0
+        chat = stack.engines("chat")[0]
+        histories = [history_of(p) for p in chat.prompts]
+        assert histories[0] == "" and histories[1].startswith("User: hi\nAssistant: hi0")
+        assert histories[2].startswith(histories[1] + "\nUser: ")
+        chat.clear_records()
+        argv = ["-n", "3", "-c", "1", "--mode", "persistent", "--server-history", "--json", "yo"]
+        assert await bench.amain(argv, env, io.StringIO(), io.StringIO()) == 0
+        histories = [history_of(p) for p in chat.prompts]
+    one = append_turn("", "yo", fake_reply("yo"))
+    assert histories == ["", one, append_turn(one, "yo", fake_reply("yo"))]
+
+
+def fake_reply(tag: str) -> str:
+    """The fake chat engine's reply to an utterance whose first word is ``tag``."""
+    return " ".join([f"{tag}{i}" for i in range(11)] + ["end."])
