@@ -252,6 +252,25 @@ async def test_cancel_keeps_what_was_sent_and_nothing_before_any_text(
     assert "then gone" not in histories[3] and "this breaks" not in histories[3]
 
 
+async def test_cancel_before_any_reply_text_adds_nothing(nats_server, nats_client) -> None:
+    """A turn cancelled before the client saw any of its reply leaves the history as it
+    was; the session's one write still stores the new session."""
+    # The first word comes two seconds after the chat leg starts: the cancel is first.
+    config = make_config(nats_server.url, chat={"bench_tokens_per_s": 0.5, "max_out": 2})
+    async with run_stack(config) as stack, stack.client() as ws:
+        async with Entries.watch(nats_client, "early") as entries:
+            await ws.send(start("early", "never mind", history_text="User: a\nAssistant: b."))
+            assert (await recv_json(ws))["type"] == "ack"
+            await ws.send('{"type": "cancel"}')
+            while (frame := await recv_json(ws))["type"] != "done":
+                assert frame["type"] == "toolcall", frame  # no token came before the cancel
+            assert frame == {"type": "done", "cancelled": True}
+            stored = await entries.next()
+        await stack.wait_idle()
+    assert stored.history == "User: a\nAssistant: b."  # the seed, and nothing of the turn
+    assert stored.assistant_gender == "woman"
+
+
 @contextlib.asynccontextmanager
 async def edge_of(stack: Stack, config: Config, edge_id: str) -> AsyncIterator[EdgeServer]:
     """Another edge beside the stack's, once it has heard every actor."""
