@@ -468,6 +468,7 @@ class ClientConnection:
             # Another session's settings are stored, but this connection stays on its
             # own session: switching would strand the running turn's events.
             view.update(session_id, settings)
+            await self._save()  # if a turn ended meanwhile, its write went over these
         self._out.push(
             frames.ack_set_persona(
                 session_id=session_id,
