@@ -10,7 +10,9 @@ Modes:
     Each session carries its conversation: a turn's ``history_text`` is the
     session's previous exchanges in the canonical format (``bus.history``: the
     utterance, then the reply as received), which is what lets the chat actor warm
-    the next turn while the client sends it (``--no-history`` sends none).
+    the next turn while the client sends it (``--no-history`` sends none;
+    ``--server-history`` lets the edge keep it: each start carries only its
+    utterance and ``server_history``).
 
 ``--barge-in`` interrupts every ``--barge-in-every``-th turn once
 ``--barge-in-after`` tokens arrived, with a second ``start`` or a ``cancel``
@@ -118,6 +120,8 @@ class BenchConfig:
     plot: str | None = None
     # Persistent mode: each session sends its conversation so far (bus.history).
     history: bool = True
+    # Every start asks the edge to keep the history; the client sends none.
+    server_history: bool = False
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.concurrency < 1:
@@ -126,6 +130,8 @@ class BenchConfig:
             raise ValueError("barge-in every and after must be at least 1")
         if self.turns_per_connection < 0:
             raise ValueError("turns per connection must not be negative")
+        if self.server_history and not self.history:
+            raise ValueError("--server-history keeps a history; it cannot go with --no-history")
 
     @property
     def per_connection(self) -> int:
@@ -218,6 +224,7 @@ class BenchReport:
             "total": len(self.outcomes),
             "concurrency": min(config.concurrency, config.requests),
             "turns_per_connection": config.per_connection,
+            "server_history": config.server_history,
             "ok": self.count("ok"),
             "errors": self.errors(),
             "error_count": self.count("error"),
@@ -327,6 +334,7 @@ def _start(config: BenchConfig, session_id: str, history: str = "") -> dict[str,
         assistant_gender=config.assistant_gender,
         persona_style=config.persona_style,
         history_text=history,
+        server_history=config.server_history,
     )
 
 
@@ -336,7 +344,12 @@ def _next_history(config: BenchConfig, history: str, outcome: IterationOutcome) 
     A turn cut off by a barge-in adds nothing; the barge-in's own turn, when it
     completed, is the exchange.
     """
-    if not config.history or config.mode != "persistent" or outcome.status != "ok":
+    if (
+        not config.history
+        or config.server_history  # the edge appends it
+        or config.mode != "persistent"
+        or outcome.status != "ok"
+    ):
         return history
     last = outcome.turns[-1] if outcome.turns else None
     if last is None or not last.ok:
@@ -507,6 +520,11 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> BenchConfig:
         action="store_false",
         help="persistent mode: send no conversation history (default: each session's own)",
     )
+    parser.add_argument(
+        "--server-history",
+        action="store_true",
+        help="let the server keep each session's history: send only the utterances",
+    )
     parser.add_argument("--barge-in", action="store_true", help="interrupt some turns")
     parser.add_argument("--barge-in-kind", choices=("start", "cancel"), default="start")
     parser.add_argument(
@@ -545,6 +563,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> BenchConfig:
             json=args.json,
             plot=args.plot,
             history=args.history,
+            server_history=args.server_history,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -230,8 +230,12 @@ def start_message(
     assistant_gender: str = "female",
     persona_style: str = "wholesome",
     history_text: str = "",
+    server_history: bool = False,
 ) -> dict[str, Any]:
-    return {
+    """A ``start``; with ``server_history`` the edge keeps the conversation, and a
+    ``history_text`` goes only when one is given (with the flag, sending it replaces
+    the session's stored history, even when empty)."""
+    message: dict[str, Any] = {
         "type": "start",
         "session_id": session_id,
         "assistant_gender": assistant_gender,
@@ -239,6 +243,11 @@ def start_message(
         "history_text": history_text,
         "user_utterance": user_utterance,
     }
+    if server_history:
+        message["server_history"] = True
+        if not history_text:
+            del message["history_text"]
+    return message
 
 
 @dataclass(slots=True)

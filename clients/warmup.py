@@ -9,7 +9,9 @@ reply as it arrives and ends with two JSON lines, ``{"type": "metrics", ...}`` a
 default messages in turn): each turn sends the history so far in the canonical
 format (``bus.history``), so from the second turn on the chat actor's next-turn
 warming shows as ``cached_tokens`` in the ``{"type": "usage", ...}`` line it prints
-after each turn's metrics.
+after each turn's metrics. With ``--server-history`` the edge keeps the history
+instead: each start carries only its utterance (and ``server_history``), and the
+warm hit should be the same.
 
 Env (read in ``main`` only): ``SERVER_WS_URL`` (``ws://127.0.0.1:8000/ws``),
 ``YAP_API_KEY`` (``yap_token``), ``ASSISTANT_GENDER`` (``female``),
@@ -71,6 +73,7 @@ class WarmupConfig:
     recv_timeout_s: float
     message: str
     turns: int = 1
+    server_history: bool = False
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> WarmupConfig:
@@ -85,6 +88,11 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> WarmupConfig:
     parser.add_argument("--persona-style", "--style", "-s", dest="persona_style")
     parser.add_argument(
         "--turns", type=int, default=1, help="turns of one conversation (default: 1)"
+    )
+    parser.add_argument(
+        "--server-history",
+        action="store_true",
+        help="let the server keep the conversation: send only the utterances",
     )
     args = parser.parse_args(list(argv))
     if args.turns < 1:
@@ -102,6 +110,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> WarmupConfig:
         recv_timeout_s=recv_timeout_s,
         message=message,
         turns=args.turns,
+        server_history=args.server_history,
     )
 
 
@@ -187,8 +196,10 @@ async def run_warmup(config: WarmupConfig, out: TextIO) -> int:
                     out.write(json.dumps({"type": "usage", **(result.usage or {})}) + "\n")
                 if not result.ok:
                     return 1
-                # What the client was sent is the reply it keeps (bus.history).
-                history = append_turn(history, message, result.text)
+                # What the client was sent is the reply it keeps (bus.history); with
+                # --server-history the edge appends the same line itself.
+                if not config.server_history:
+                    history = append_turn(history, message, result.text)
     except InvalidStatus as exc:
         out.write(f"[ERROR] handshake refused: HTTP {exc.response.status_code}\n")
         return 1
@@ -213,6 +224,7 @@ async def _one_turn(
         assistant_gender=config.assistant_gender,
         persona_style=config.persona_style,
         history_text=history,
+        server_history=config.server_history,
     )
     sent_at = await stream.send(start)
     printer = _Printer(out, sent_at)

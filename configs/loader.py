@@ -24,6 +24,7 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyTy
         "YAP_API_KEY": (("edge", "api_key"),),
         "MAX_CONCURRENT_CONNECTIONS": (("edge", "max_concurrent_connections"),),
         "STREAM_FLUSH_MS": (("edge", "stream_flush_ms"),),
+        "SERVER_HISTORY_MAX_CHARS": (("edge", "server_history_max_chars"),),
         "YAP_EDGE_HOST": (("edge", "host"),),
         "YAP_EDGE_PORT": (("edge", "port"),),
         "YAP_NATS_URL": (("bus", "url"),),

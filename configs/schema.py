@@ -54,6 +54,11 @@ class EdgeConfig(_Base):
     max_utterance_chars: int = 16_000
     max_history_chars: int = 256_000
     max_persona_chars: int = 64_000
+    # Cap of a server-kept history (a start with server_history), in characters, cut
+    # in steps by bus.history.cap_history. 0: by the chat budget (Config.
+    # server_history_chars): 4 characters per token of chat.history_max_tokens, about
+    # what the chat actor keeps of English, so it rarely trims what the edge stores.
+    server_history_max_chars: int = 0
     session_ttl_s: float = 3600.0
     max_sessions: int = 100_000
     idle_timeout_s: float = 0.0  # 0 disables
@@ -86,6 +91,10 @@ class EdgeConfig(_Base):
             raise ValueError("edge.processes must be at least 1")
         if not 1 <= self.session_replicas <= 5:
             raise ValueError("edge.session_replicas must be in 1..5 (JetStream's limit)")
+        if not 0 <= self.server_history_max_chars <= self.max_history_chars:
+            # A stored history never outgrows what a client may send as history_text,
+            # so a client can always take its conversation back.
+            raise ValueError("edge.server_history_max_chars must be in 0..max_history_chars")
         if self.max_frame_bytes < 1024:
             raise ValueError("edge.max_frame_bytes must be at least 1024")
         if not self.api_key:
@@ -322,6 +331,14 @@ class Config(_Base):
         if self.edge.max_concurrent_connections > 0:
             return self.edge.max_concurrent_connections
         return {"tool": 32, "chat": 24, "both": 16}[self.models.deploy]
+
+    @property
+    def server_history_chars(self) -> int:
+        """The cap of a server-kept history: ``edge.server_history_max_chars``, or by the
+        chat budget (4 characters a token), within ``edge.max_history_chars``."""
+        if self.edge.server_history_max_chars > 0:
+            return self.edge.server_history_max_chars
+        return min(4 * self.chat.history_max_tokens, self.edge.max_history_chars)
 
     def gpu_frac(self, kind: Literal["tool", "chat"]) -> float:
         explicit = self.chat.gpu_frac if kind == "chat" else self.tool.gpu_frac

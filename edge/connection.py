@@ -64,6 +64,7 @@ class _RunningTurn:
     task: asyncio.Task[None] | None = None
     legs: set[asyncio.Task[None]] = field(default_factory=set)
     first_token_at: float | None = None
+    sent: list[str] = field(default_factory=list)  # the reply text pushed to the client
 
 
 class ClientConnection:
@@ -235,9 +236,23 @@ class ClientConnection:
             return
         # Only a start that will run barges in: a rejected one leaves the turn alone.
         await self._end_turn(reason="barge_in")
-        if known is None or changed:
-            await ctx.sessions.put(session_id, settings)
-        self._join(session_id, settings)
+        # The copy, after the turn just stopped (or ended) added to its history.
+        settings, seeded = session.turn_settings(
+            settings,
+            message,
+            self._session.cached(session_id),
+            max_chars=ctx.config.server_history_chars,
+        )
+        if self._session.session_id not in (None, session_id):
+            await self._save()  # what the session left behind is not lost with the copy
+        store = known is None or changed or seeded
+        if message.server_history:
+            # Stored once, when the turn ends, with its exchange (SessionView.unsaved).
+            self._join(session_id, settings, unsaved=store)
+        else:
+            if store:
+                await ctx.sessions.put(session_id, settings)
+            self._join(session_id, settings)
 
         config = ctx.config
         models = config.models
@@ -259,7 +274,9 @@ class ClientConnection:
             event_timeout_s=config.edge.event_timeout_s,
             turn_timeout_s=config.edge.turn_timeout_s,
         )
-        running = _RunningTurn(turn=turn, message=message, settings=settings, log=log)
+        running = _RunningTurn(
+            turn=turn, message=session.leg_message(message, settings), settings=settings, log=log
+        )
         self._out.push(
             session.start_ack(
                 settings,
@@ -267,6 +284,7 @@ class ClientConnection:
                 turn_id=turn_id,
                 chat_model=config.chat.model if models.chat else None,
                 tool_model=config.tool.model if models.tool else None,
+                server_history=message.server_history,
             )
         )
         self._running = running
@@ -302,6 +320,7 @@ class ClientConnection:
             )
             if self._running is running:
                 self._running = None
+            await self._save()
 
     async def _end_turn(self, *, reason: str) -> bool:
         """Stop the running turn (cancel, barge-in, disconnect); True if one was running."""
@@ -333,6 +352,7 @@ class ClientConnection:
                     if self._running is running:
                         if running.first_token_at is None:
                             self._first_token(running)
+                        running.sent.append(text)
                         self._out.push_token(text)
                 case SendFrame(frame=frame):
                     if self._running is running:
@@ -346,7 +366,15 @@ class ClientConnection:
                 case CancelLegs():
                     plan = running.turn.machine.plan
                     await self._ctx.legs.cancel(plan.session_id, plan.turn_id, reason)
-        if running.turn.finished:
+        if running.turn.finished and not running.ended.is_set():
+            # Once, the moment the turn ends: a barge-in start reads the history next.
+            self._session.end_turn(
+                running.message,
+                outcome=running.turn.machine.outcome,
+                reason=reason,
+                sent="".join(running.sent),
+                max_chars=self._ctx.config.server_history_chars,
+            )
             running.ended.set()
 
     async def _start_leg(self, running: _RunningTurn, kind: ActorKind) -> None:
@@ -366,7 +394,9 @@ class ClientConnection:
         await self._perform(running, actions)
         self.flush()
         if kind == "chat":
-            await self._remember_home(plan.session_id, result.actor_id)
+            await self._remember_home(
+                plan.session_id, result.actor_id, defer=running.message.server_history
+            )
 
     async def on_bus_event(self, sender: str, event: OutboundEvent) -> None:
         """One of the session's events, from the dispatcher (``EventSink``)."""
@@ -378,7 +408,7 @@ class ClientConnection:
 
     # --- session, warm and persona --------------------------------------------
 
-    def _join(self, session_id: str, settings: SessionSettings) -> None:
+    def _join(self, session_id: str, settings: SessionSettings, *, unsaved: bool = False) -> None:
         """Put the connection on ``session_id``: its events are routed here from now."""
         view = self._session
         if view.session_id != session_id:
@@ -386,11 +416,16 @@ class ClientConnection:
             if view.session_id is not None:
                 dispatcher.detach(view.session_id, self)
             dispatcher.attach(session_id, self)
-        view.adopt(session_id, settings)
+        view.adopt(session_id, settings, unsaved=unsaved)
 
-    async def _remember_home(self, session_id: str, actor_id: str) -> None:
-        if (settings := self._session.with_home(session_id, actor_id)) is not None:
+    async def _remember_home(self, session_id: str, actor_id: str, *, defer: bool = False) -> None:
+        if (settings := self._session.with_home(session_id, actor_id, defer=defer)) is not None:
             await self._ctx.sessions.put(session_id, settings)
+
+    async def _save(self) -> None:
+        """Store the session's copy if the store lacks some of it (SessionView.unsaved)."""
+        if (unsaved := self._session.take_unsaved()) is not None:
+            await self._ctx.sessions.put(*unsaved)
 
     async def _warm(self, message: WarmPersonaMessage | WarmHistoryMessage) -> None:
         ctx = self._ctx
@@ -437,6 +472,7 @@ class ClientConnection:
             # Another session's settings are stored, but this connection stays on its
             # own session: switching would strand the running turn's events.
             view.update(session_id, settings)
+            await self._save()  # if a turn ended meanwhile, its write went over these
         self._out.push(
             frames.ack_set_persona(
                 session_id=session_id,

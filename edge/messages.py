@@ -1,7 +1,8 @@
 """What clients send, one Struct per message ``type``.
 
 Unknown fields are ignored (clients written for the original server send extras);
-types are checked when converting, so nothing is re-checked after.
+types are checked when converting, so nothing is re-checked after. New fields go
+last, with defaults, so that a message of an older client converts unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class StartMessage(msgspec.Struct, kw_only=True, frozen=True):
     user_identity: str | None = None
     # UNSET keeps the session's override; null or "" clears it.
     persona_text: str | msgspec.UnsetType | None = _UNSET
+    # The session's stored history is the turn's history (edge.session), and the
+    # exchange is added to it when the turn ends; an old client sends neither.
+    server_history: bool = False
+    # Set by ClientProtocol.parse, whatever the client sent: whether the start carried
+    # a history_text at all. With server_history even "" replaces the stored history,
+    # so "absent" and "empty" differ, which a str field alone cannot tell apart.
+    history_sent: bool = False
 
 
 class CancelMessage(msgspec.Struct, kw_only=True, frozen=True):

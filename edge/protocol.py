@@ -95,6 +95,12 @@ class ClientProtocol:
                 ) from None
             raise ProtocolError(codes.INVALID_FIELD, f"invalid '{kind}' message: {text}") from None
         self._check(message)
+        if isinstance(message, StartMessage):
+            # Whether history_text was there is the protocol's to say, never the client's;
+            # it only matters with server_history (edge.session.turn_settings).
+            sent = message.server_history and "history_text" in obj
+            if sent != message.history_sent:
+                message = msgspec.structs.replace(message, history_sent=sent)
         return message
 
     def _check(self, message: ClientMessage) -> None:

@@ -388,7 +388,7 @@ class EdgeServer:
         except Exception as exc:  # no JetStream: sessions stay per edge
             self._log.warning("JetStream unavailable (%r): session settings stay in this edge", exc)
             return local
-        return KvSessionStore(kv, local, self._log)
+        return KvSessionStore(kv, local, self._log, max_value_bytes=nc.max_payload)
 
     async def _publish_stats(self) -> None:
         stats = self.stats

@@ -1,4 +1,11 @@
-"""Per-session settings that persist across turns: persona, gender, style, seed."""
+"""Per-session settings that persist across turns: persona, gender, style, seed, and the
+server-kept history of the sessions that ask for one.
+
+One entry per session, a JSON object in the JetStream key-value bucket, so another
+edge (or this one, restarted) picks the session up where it was. A value must fit
+in one NATS message (nats-server's ``max_payload``, 1 MiB by default); the store
+drops the oldest history lines of an entry that would not (``fit_entry``).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,23 @@ import random
 import time
 from collections import OrderedDict
 from datetime import datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from bus.events import Persona
+from bus.history import cap_history
 from bus.persona import Gender
 
 __all__ = [
+    "DEFAULT_MAX_VALUE_BYTES",
     "KvSessionStore",
     "MemorySessionStore",
     "SessionSettings",
     "SessionStore",
+    "fit_entry",
     "new_session",
     "now_string",
 ]
@@ -36,6 +46,9 @@ class SessionSettings(msgspec.Struct, kw_only=True, frozen=True):
     now: str = ""
     # The chat actor whose prefix cache holds this session (affinity routing).
     chat_actor: str | None = None
+    # The server-kept history (canonical, bus.history), capped; "" for sessions whose
+    # clients keep their own. Last, with a default: entries written before it decode.
+    history: str = ""
 
     def persona(self) -> Persona:
         return Persona(
@@ -45,6 +58,30 @@ class SessionSettings(msgspec.Struct, kw_only=True, frozen=True):
             persona_text=self.persona_text,
             now=self.now,
         )
+
+
+# nats-server's default max_payload: the largest message, so the largest value.
+DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
+
+
+def fit_entry(
+    settings: SessionSettings, encoder: msgspec.json.Encoder, max_bytes: int
+) -> tuple[SessionSettings, bytes]:
+    """``settings`` and their encoding, with history lines dropped until it fits.
+
+    The history's cap (``edge.server_history_max_chars``) keeps an entry far below
+    the limit; this is the backstop for what the cap counts in characters: JSON
+    writes a control character as six bytes and some characters take four. Whole
+    lines go, oldest first (``cap_history``). An entry over the limit with no
+    history left comes back as it is, and its write fails as any bus failure does.
+    """
+    payload = encoder.encode(settings)
+    while len(payload) > max_bytes and settings.history:
+        # Shrink the history by how far the entry is over; the cap strictly decreases.
+        cap = len(settings.history) * max_bytes // len(payload)
+        settings = msgspec.structs.replace(settings, history=cap_history(settings.history, cap))
+        payload = encoder.encode(settings)
+    return settings, payload
 
 
 class SessionStore(Protocol):
@@ -90,10 +127,18 @@ class KvSessionStore:
     a local copy, so a turn never fails for want of settings.
     """
 
-    def __init__(self, kv: KeyValue, fallback: MemorySessionStore, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        fallback: MemorySessionStore,
+        log: logging.Logger,
+        *,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    ) -> None:
         self._kv = kv
         self._fallback = fallback
         self._log = log
+        self._max_value_bytes = max_value_bytes
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(SessionSettings)
 
@@ -112,9 +157,16 @@ class KvSessionStore:
             return None
 
     async def put(self, session_id: str, settings: SessionSettings) -> None:
-        await self._fallback.put(session_id, settings)
+        fitted, payload = fit_entry(settings, self._encoder, self._max_value_bytes)
+        if fitted is not settings:
+            self._log.warning(
+                "session %s: history cut to %d characters to fit one bus message",
+                session_id,
+                len(fitted.history),
+            )
+        await self._fallback.put(session_id, fitted)
         try:
-            await self._kv.put(session_id, self._encoder.encode(settings))
+            await self._kv.put(session_id, payload)
         except Exception as exc:  # kept locally; the turn goes on
             self._log.warning("session store unavailable (%r); kept locally", exc)
 

@@ -273,6 +273,29 @@ async def test_warmup_holds_a_conversation() -> None:
     assert [u["completion_tokens"] for u in usage] == [len(WORDS), len(WORDS)]
 
 
+async def test_server_history_clients_send_only_utterances() -> None:
+    """With --server-history, warmup's and bench's starts ask the server to keep the
+    history and carry none of their own; --no-history cannot go with it."""
+    async with _stub() as stub:
+        out = io.StringIO()
+        status = await warmup.amain(["--turns", "2", "--server-history", "hi"], _env(stub), out)
+        assert status == 0, out.getvalue()
+        bench_status, _ = await _bench_json(
+            stub, "-n", "2", "-c", "1", "--mode", "persistent", "--server-history", "hey"
+        )
+        assert bench_status == 0
+        starts = stub.starts()
+    assert [s["user_utterance"] for s in starts] == [
+        "hi",
+        *warmup.DEFAULT_MESSAGES[:1],
+        "hey",
+        "hey",
+    ]
+    assert all(s["server_history"] is True and "history_text" not in s for s in starts)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--server-history", "--no-history"], {})
+
+
 async def test_bench_turns_per_connection() -> None:
     """In persistent mode, K turns per connection means a reconnect every K turns."""
     async with _stub() as stub:

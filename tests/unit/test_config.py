@@ -26,6 +26,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "YAP_API_KEY": ("s3cret", "s3cret"),
     "MAX_CONCURRENT_CONNECTIONS": ("50", 50),
     "STREAM_FLUSH_MS": ("12.5", 12.5),
+    "SERVER_HISTORY_MAX_CHARS": ("8000", 8000),
     "YAP_EDGE_HOST": ("0.0.0.0", "0.0.0.0"),
     "YAP_EDGE_PORT": ("9001", 9001),
     "YAP_NATS_URL": ("nats://bus:4222", "nats://bus:4222"),
@@ -253,6 +254,24 @@ def test_explicit_max_connections_wins(deploy: str) -> None:
     """MAX_CONCURRENT_CONNECTIONS overrides the deploy-mode default."""
     config = load_config(environ={"DEPLOY_MODELS": deploy, "MAX_CONCURRENT_CONNECTIONS": "50"})
     assert config.max_connections == 50
+
+
+def test_server_history_cap_follows_the_chat_budget() -> None:
+    """By default the server-kept history's cap is 4 characters per chat history token,
+    within max_history_chars; SERVER_HISTORY_MAX_CHARS sets it outright."""
+    assert load_config().server_history_chars == 4 * 3000
+    assert load_config(environ={"HISTORY_MAX_TOKENS": "500"}).server_history_chars == 2000
+    capped = load_config(environ={"HISTORY_MAX_TOKENS": "100000"})
+    assert capped.server_history_chars == capped.edge.max_history_chars
+    explicit = load_config(environ={"SERVER_HISTORY_MAX_CHARS": "800"})
+    assert explicit.server_history_chars == 800
+
+
+@pytest.mark.parametrize("raw", ["-1", "256001"])
+def test_server_history_cap_out_of_range(raw: str) -> None:
+    """A cap below zero or above max_history_chars fails at start, naming the key."""
+    with pytest.raises(ConfigError, match="server_history_max_chars"):
+        load_config(environ={"SERVER_HISTORY_MAX_CHARS": raw})
 
 
 @pytest.mark.parametrize(

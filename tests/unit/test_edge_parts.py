@@ -6,6 +6,7 @@ import hmac
 import random
 from datetime import datetime
 
+import msgspec
 import pytest
 from websockets.datastructures import Headers
 
@@ -14,7 +15,13 @@ from edge import auth, ratelimit, registry, sessions
 from edge.auth import is_authorized, presented_key
 from edge.ratelimit import RateLimiter
 from edge.registry import ActorRegistry
-from edge.sessions import MemorySessionStore, SessionSettings, new_session, now_string
+from edge.sessions import (
+    MemorySessionStore,
+    SessionSettings,
+    fit_entry,
+    new_session,
+    now_string,
+)
 
 
 class FakeClock:
@@ -159,6 +166,36 @@ async def test_session_store_bound_holds_under_many_sessions(clock: FakeClock) -
     assert len(store) == 100
     assert await store.get("s999") is not None
     assert await store.get("s899") is None
+
+
+def test_fit_entry_keeps_an_entry_within_one_message() -> None:
+    """An entry over the value limit loses its oldest whole history lines until it fits;
+    one within it, or without a history, comes back as it is."""
+    encoder = msgspec.json.Encoder()
+    lines = [f"User: {i} " + "\x01" * 40 for i in range(100)]  # JSON: 6 bytes a character
+    settings = msgspec.structs.replace(SETTINGS, history="\n".join(lines))
+    size = len(encoder.encode(settings))
+    fitted, payload = fit_entry(settings, encoder, size // 3)
+    assert len(payload) <= size // 3 and payload == encoder.encode(fitted)
+    assert fitted.history and settings.history.endswith(fitted.history)
+    assert fitted.history.split("\n")[0] in lines  # cut at a line boundary
+    assert fit_entry(settings, encoder, size) == (settings, encoder.encode(settings))
+    bare, _ = fit_entry(SETTINGS, encoder, 10)
+    assert bare is SETTINGS
+
+
+def test_settings_written_before_the_history_field_still_decode() -> None:
+    """An entry without ``history`` (an older edge's) decodes with an empty history, and an
+    older edge, which ignores unknown fields, reads a new one."""
+    old = msgspec.json.encode({"assistant_gender": "man", "seed": 3, "now": "x"})
+    assert msgspec.json.decode(old, type=SessionSettings).history == ""
+
+    class OldSettings(msgspec.Struct, kw_only=True, frozen=True):
+        assistant_gender: str | None = None
+        seed: int = 0
+
+    new = msgspec.json.encode(msgspec.structs.replace(SETTINGS, history="User: hi"))
+    assert msgspec.json.decode(new, type=OldSettings).seed == 7
 
 
 # --- session settings and clock -------------------------------------------------------

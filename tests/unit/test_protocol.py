@@ -140,6 +140,26 @@ def test_every_message_type_is_covered(protocol: ClientProtocol) -> None:
         assert type(message) is struct
 
 
+def test_server_history_start(protocol: ClientProtocol) -> None:
+    """server_history parses; history_sent says whether history_text was there at all."""
+    bare = protocol.parse(start(server_history=True))
+    assert isinstance(bare, StartMessage)
+    assert bare.server_history and not bare.history_sent and bare.history_text == ""
+    seeded = protocol.parse(start(server_history=True, history_text=""))
+    assert isinstance(seeded, StartMessage) and seeded.history_sent
+    plain = protocol.parse(start(history_text="User: hi"))
+    assert plain == StartMessage(session_id="s1", user_utterance="hi", history_text="User: hi")
+
+
+@pytest.mark.parametrize("server_history", [True, False])
+def test_history_sent_is_never_the_clients_word(
+    protocol: ClientProtocol, server_history: bool
+) -> None:
+    """A client that sends history_sent itself changes nothing: the protocol sets it."""
+    message = protocol.parse(start(server_history=server_history, history_sent=True))
+    assert isinstance(message, StartMessage) and not message.history_sent
+
+
 def test_unknown_extra_fields_are_ignored(protocol: ClientProtocol) -> None:
     """Fields the edge does not know (sent by clients of the original server) are ignored."""
     message = protocol.parse(start(seed=5, sampling={"t": 1}, stream=True, extra=None))
@@ -304,6 +324,8 @@ def test_start_missing_required(
         ("start", "user_identity", False),
         ("start", "persona_text", 5),
         ("start", "persona_text", {"text": "p"}),
+        ("start", "server_history", 1),
+        ("start", "server_history", "yes"),
         ("set_persona", "session_id", 7),
         ("set_persona", "persona_text", []),
         ("warm_persona", "persona_text", 1),
