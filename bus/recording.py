@@ -109,6 +109,8 @@ class SessionSnapshot(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     persona_style: str = "wholesome"
     user_identity: str = "non-binary"
     persona_text: str | None = None
+    # The server-kept history the session's first recorded turn started from.
+    history: str = ""
 
 
 class Deployment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

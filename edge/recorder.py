@@ -234,8 +234,11 @@ class ConnectionRecorder:
             return
         self._session = session_id
         snapshot = _snapshot(settings, self._recorder.redactor)
-        fresh = self._snapshots.get(session_id) != snapshot
-        self._snapshots[session_id] = snapshot
+        # A server-kept history grows every turn; only the other settings changing
+        # makes a new snapshot (replay restores the first and replays the rest).
+        key = msgspec.structs.replace(snapshot, history="")
+        fresh = self._snapshots.get(session_id) != key
+        self._snapshots[session_id] = key
         record = TurnStarted(
             conn=self._conn,
             at_ns=time.time_ns(),
@@ -301,8 +304,12 @@ class ConnectionRecorder:
 
 def _snapshot(settings: SessionSettings, redactor: Redactor | None) -> SessionSnapshot:
     persona_text = settings.persona_text
-    if persona_text is not None and redactor is not None:
-        persona_text = redactor("persona_text", persona_text)
+    history = settings.history
+    if redactor is not None:
+        if persona_text is not None:
+            persona_text = redactor("persona_text", persona_text)
+        if history:
+            history = redactor("history_text", history)
     return SessionSnapshot(
         seed=settings.seed,
         now=settings.now,
@@ -310,4 +317,5 @@ def _snapshot(settings: SessionSettings, redactor: Redactor | None) -> SessionSn
         persona_style=settings.persona_style,
         user_identity=settings.user_identity,
         persona_text=persona_text,
+        history=history,
     )

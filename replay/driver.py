@@ -102,7 +102,8 @@ class SessionRun:
 
 
 async def restore(nc: NatsClient, session_id: str, timeline: Timeline) -> bool:
-    """Write the recorded settings (seed, clock, persona) under ``session_id``.
+    """Write the recorded settings (seed, clock, persona, server-kept history) under
+    ``session_id``.
 
     The edge reads a session's KV entry on its first start, so the replayed session
     renders the same clock into its prompt. Returns False when nothing was recorded
@@ -121,6 +122,7 @@ async def restore(nc: NatsClient, session_id: str, timeline: Timeline) -> bool:
         persona_text=snapshot.persona_text,
         seed=snapshot.seed,
         now=snapshot.now,
+        history=snapshot.history,
     )
     try:
         kv = await nc.jetstream(timeout=5.0).key_value(SESSIONS_BUCKET)

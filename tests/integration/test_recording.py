@@ -135,6 +135,47 @@ async def test_redaction_blanks_user_text(nats_server: NatsServer, nats_client) 
     assert any(e.kind == "token" for e in session.events)  # timing of the reply is kept
 
 
+def _server_history_start(session_id: str, utterance: str, **extra: object) -> str:
+    return json.dumps(
+        {
+            "type": "start",
+            "session_id": session_id,
+            "assistant_gender": "female",
+            "user_utterance": utterance,
+            "server_history": True,
+            **extra,
+        }
+    )
+
+
+@pytest.mark.parametrize("redact", [False, True])
+async def test_server_history_is_snapshotted_and_restored(  # type: ignore[no-untyped-def]
+    nats_server: NatsServer, nats_client, redact: bool
+) -> None:
+    """A session on server-kept history records the history its first turn started
+    from (blanked when redacting), once, and replay's restore writes it back."""
+    recording = {**RECORDING, "redact": "blank"} if redact else RECORDING
+    config = make_config(nats_server.url, recording=recording)
+    seeded = "User: the zebracorn line\nAssistant: noted"
+    async with run_stack(config) as stack, stack.client() as ws:
+        await ws.send(_server_history_start("hist-1", "one", history_text=seeded))
+        assert (await read_turn(ws))[-1]["type"] == "done"
+        await ws.send(_server_history_start("hist-1", "two"))
+        assert (await read_turn(ws))[-1]["type"] == "done"
+        stored = await stack.edge.sessions.get("hist-1")
+    assert stored is not None and stored.history.startswith(seeded + "\nUser: one")
+    session = await recorded_session(nats_client, "hist-1", turns=2)
+    snapshots = [e for e in session.events if e.kind == "turn" and e.payload.get("settings")]
+    assert len(snapshots) == 1  # the history grew, the settings did not change
+    assert session.settings is not None
+    expected = "_" * len(seeded) if redact else seeded
+    assert session.settings.history == expected
+    assert await restore(nats_client, "hist-copy", build_timeline(session))
+    kv = await nats_client.jetstream().key_value("yap_sessions")
+    restored = msgspec.json.decode((await kv.get("hist-copy")).value)
+    assert restored["history"] == expected
+
+
 async def test_off_pauses_a_stream_left_recording(nats_server: NatsServer, nats_client) -> None:  # type: ignore[no-untyped-def]
     """An edge with recording off switches an existing stream to take imports only."""
     js = nats_client.jetstream()
