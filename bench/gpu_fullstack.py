@@ -625,20 +625,20 @@ async def apply_layout(launcher: Launcher, placement: Placement, layout: Layout)
     print(f"# layout ({layout.name}): {placement.describe(layout)}", flush=True)
 
 
-def _placement(args: argparse.Namespace) -> Placement | None:
-    if not args.layouts:
-        return None
-    gpus = args.gpus or gpu_count()
-    names = () if args.layouts == ["auto"] else args.layouts
-    return placement_for(gpus, names)
-
-
-async def _run(args: argparse.Namespace, base: Config | None, env: Mapping[str, str]) -> bool:
+async def _run(
+    args: argparse.Namespace,
+    base: Config | None,
+    env: Mapping[str, str],
+    placement: Placement | None,
+    device: str,
+) -> bool:
     """All the runs; True when every turn of every row completed.
 
     Args:
         base: the deployment to start (``--start-system``), None to drive ``--url``.
         env: the environment the system's processes start from.
+        placement: the layouts to run (``--layouts``), if any.
+        device: the GPUs, as nvidia-smi names them, for the layouts' file.
     """
     workload = Workload(
         persona_tokens=args.persona_tokens,
@@ -655,8 +655,7 @@ async def _run(args: argparse.Namespace, base: Config | None, env: Mapping[str, 
         )
         await driver.run(out, load_tokenizer(args, chat_model), chat_model, args.sessions)
         return bool(out.rows) and _all_ok(out.rows)
-    placement = _placement(args)
-    layout_rows = Rows(args.layout_out, _layout_header(args, placement))
+    layout_rows = Rows(args.layout_out, _layout_header(args, placement, device))
     tokenizer = load_tokenizer(args, chat_model)
     async with running_system(args, base, env, placement) as launcher:
         credentials = launcher.credentials(TAP_USER)
@@ -701,11 +700,13 @@ def _all_ok(rows: Sequence[Mapping[str, Any]]) -> bool:
     return all(not r["failed"] and not r.get("unmatched") and not r.get("moved") for r in rows)
 
 
-def _layout_header(args: argparse.Namespace, placement: Placement | None) -> dict[str, Any]:
+def _layout_header(
+    args: argparse.Namespace, placement: Placement | None, device: str
+) -> dict[str, Any]:
     if placement is None:
         return {}
     return {
-        "device": device_name(),
+        "device": device,
         "gpus": placement.gpus,
         "command": " ".join([sys.executable, "-m", "bench.gpu_fullstack", *sys.argv[1:]]),
         "models": {"tool": args.tool_model, "chat": args.chat_model},
@@ -761,6 +762,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.layouts and not args.start_system:
         parser.error("--layouts needs --start-system")
+    placement, device = None, ""
+    if args.layouts:
+        gpus = args.gpus or gpu_count()
+        try:
+            placement = placement_for(gpus, () if args.layouts == ["auto"] else args.layouts)
+        except ValueError as exc:
+            parser.error(f"--layouts: {exc}")
+        device = "; ".join(device_name().splitlines())
     base = None
     if args.start_system:
         # The deployment file and the environment are read here, at the entrypoint.
@@ -769,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
-    return 0 if asyncio.run(_run(args, base, dict(os.environ))) else 1
+    return 0 if asyncio.run(_run(args, base, dict(os.environ), placement, device)) else 1
 
 
 if __name__ == "__main__":
