@@ -82,6 +82,7 @@ from clients.turn import FrameStream, TurnResult, open_stream, run_turn
 from configs.loader import load_config
 from configs.schema import Config
 from launcher.net import free_port
+from launcher.plan import SlotOverrides
 from launcher.supervisor import Launcher, LaunchOptions
 
 __all__ = ["DoneTap", "main", "scenario", "system_config"]
@@ -380,7 +381,8 @@ def system_config(
     data["edge"].update(
         host="127.0.0.1",
         port=free_port(),
-        # One edge per mode; every session of the largest scenario fits.
+        # One edge per mode (each a lone edge: see running_system); every session of
+        # the largest scenario fits.
         processes=len(MODES),
         max_concurrent_connections=512,
         slots_path=str(workdir / "edge-slots"),
@@ -402,9 +404,15 @@ async def running_system(
     """The deployment, run by the launcher; edge ``i`` serves ``MODES[i]``."""
     workdir = Path(args.workdir)  # absolute, made by main()
     config = system_config(base, args, workdir, placement)
-    # Edges listen side by side on ports of their own, one per mode.
-    overrides = {
-        "edge-1": {"edge": {"port": free_port()}, "models": {"concurrent_model_call": True}}
+    # The edges listen side by side, one per mode, each on a port of its own: each is
+    # a lone edge as a deployment runs one (edge.processes 1: no shared port, its own
+    # connection count), only the plan has two.
+    overrides: dict[str, SlotOverrides] = {
+        "edge-0": {"edge": {"processes": 1}},
+        "edge-1": {
+            "edge": {"processes": 1, "port": free_port()},
+            "models": {"concurrent_model_call": True},
+        },
     }
     options = LaunchOptions(
         work_dir=workdir,

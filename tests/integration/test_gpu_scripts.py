@@ -108,7 +108,12 @@ def test_fullstack_dry_run_covers_both_calls(tmp_path: Path) -> None:
     chat0 = tomllib.loads((work / "system" / "config.chat-0.toml").read_text())
     assert chat0["chat"]["model"] == "tiny-llama3"
     edge1 = tomllib.loads((work / "system" / "config.edge-1.toml").read_text())
+    edge0 = tomllib.loads((work / "system" / "config.edge-0.toml").read_text())
     assert edge1["models"]["concurrent_model_call"] is True
+    assert edge0["models"]["concurrent_model_call"] is False
+    # Two lone edges on ports of their own, not two processes sharing one.
+    assert edge0["edge"]["processes"] == edge1["edge"]["processes"] == 1
+    assert edge0["edge"]["port"] != edge1["edge"]["port"]
     # The smoke: layout (a) is the main runs' rows, (c1) ran on both replicas' slots.
     smoke = json.loads((out / "gpu_multigpu.json").read_text())
     assert [layout["name"] for layout in smoke["layouts"]] == ["a", "c1"]
