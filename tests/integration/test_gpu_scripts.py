@@ -4,8 +4,9 @@ The device calls run the same scripts with vLLM; here the tiny models stand in, 
 typo in a step, a flag or a report column fails on the CPU, not on the GPU's budget.
 The fullstack dry run covers both calls' paths (both modes, raw and full stack,
 several turns, the chat model switch) and the one-GPU smoke of the multi-GPU run
-folded into it; the multigpu dry run plans for four fake GPUs ("GPUs" exist only as
-CUDA_VISIBLE_DEVICES and fractions in the plan) and goes through every layout.
+folded into it; the multigpu dry runs plan for four fake GPUs ("GPUs" exist only as
+CUDA_VISIBLE_DEVICES and fractions in the plan), going through every layout, and for
+one, the smoke alone.
 """
 
 from __future__ import annotations
@@ -163,3 +164,20 @@ def test_multigpu_dry_run_goes_through_every_layout(tmp_path: Path) -> None:
     actor = tomllib.loads((work / "system" / "config.toml").read_text())["actor"]
     assert actor["chat_gpus"] == ["0", "1", "2", "3"]
     assert actor["chat_gpu_fracs"] == [0.7, 0.9, 0.9, 0.9]
+
+
+@pytest.mark.timeout(400)
+def test_multigpu_dry_run_on_one_gpu_is_the_smoke(tmp_path: Path) -> None:
+    """With one GPU the script runs the smoke alone: (a), then two chat replicas on the
+    same GPU by memory fraction (c1), at its small default of 8 sessions."""
+    out = tmp_path / "out"
+    work = tmp_path / "work"
+    _dry_run("multigpu.sh", out, work, GPUS="1")
+    data = json.loads((out / "gpu_multigpu.json").read_text())
+    assert [layout["name"] for layout in data["layouts"]] == ["a", "c1"]
+    assert "chat-1 on GPU 0 at 0.35" in data["layouts"][1]["placement"]
+    assert {(r["layout"], r["sessions"]) for r in data["rows"]} == {("a", 8), ("c1", 8)}
+    for row in data["rows"]:
+        assert row["ok"] == 8 and row["moved"] == 0 and row["unmatched"] == 0
+        assert _served(row) <= ({"chat-0"} if row["layout"] == "a" else {"chat-0", "chat-1"})
+    assert "| c1 | sequential | 8 |" in (out / "report.md").read_text()
