@@ -1,23 +1,41 @@
 """The full stack on a GPU: WebSocket client -> edge -> NATS -> actors -> vLLM.
 
-The same workload as ``bench/gpu_raw.py`` (persona ~900 tokens shared and warmed
-once, history ~1500 tokens per session, ~30-token utterance, 200 tokens out; N
-sessions start each turn at once, three turns, the next one ``--think-s`` after the
-last reply), sent as the protocol's own messages. Each session's history is built
-the way our clients build it (``bus.history``: this history, the utterance, the
-reply the client received), so the chat actor's next-turn warming can hit. Times are
-measured by the client, from sending ``start``.
+The same workload as ``bench/gpu_raw.py`` (persona ~900 tokens shared, history
+~1500 tokens per session, ~30-token utterance, 200 tokens out; N sessions start
+each turn at once, three turns, the next one ``--think-s`` after the last reply),
+sent as the protocol's own messages. Each session first sets and warms its persona
+(``set_persona``, ``warm_persona``), as our clients prime a session, so the chat
+replica that will serve it holds the persona before turn 1. Each session's history
+is built the way our clients build it (``bus.history``: this history, the
+utterance, the reply the client received), so the chat actor's next-turn warming
+can hit. Times are measured by the client, from sending ``start``.
 
-With ``--start-system CONFIG`` it starts the system itself, so that both modes run
-against one set of actors (one engine start): nats-server, the tool actor, then the
-chat actor (one after the other, as their GPU memory profiling needs), and two edges
-on the same bus, one sequential and one concurrent (``concurrent_model_call``).
-``--extra-chat-model`` then restarts the chat actor alone with another model (the
-Mistral-Nemo-12B shape, say) and runs ``--extra-sessions`` in both modes. Without
-it, it drives a running system at ``--url``.
+With ``--start-system CONFIG`` it runs the system itself through the launcher
+library (``launcher.supervisor.Launcher``, as ``just up`` does): nats-server with a
+user per process, the tool actor, then the chat actor (one after the other, as
+their GPU memory profiling needs), and two edges on the same bus, ``edge-0``
+sequential and ``edge-1`` concurrent (per-edge ``models.concurrent_model_call``),
+so both modes share one engine start. ``--extra-chat-model`` then restarts the chat
+actor alone on another model (the Mistral-Nemo-12B shape, say) and runs
+``--extra-sessions`` in both modes. Without it, it drives a running system at
+``--url``.
+
+Every turn's chat leg is matched with the ``done`` event its actor published
+(a listener on the bus with a user of its own, ``all_out("done")``), so each row
+knows which chat replica served each session, the replicas' prefix-cache hit rate
+(cached / prompt tokens) and how many sessions changed replica (none should: the
+edge keeps a session on the replica that holds its cache).
+
+``--layouts`` runs the multi-GPU comparison (issue 12, ``bench/gpu_layouts.py``):
+the tool and chat replicas placed over the GPUs, layouts measured one after the
+other at ``--layout-sessions`` by starting and stopping chat replicas, rows to
+``--layout-out``. On one GPU it is the smoke version: (a), then two chat replicas
+by memory fraction. The main runs (``--sessions``) then run on the first layout.
 
     python -m bench.gpu_fullstack --start-system configs/gpu.toml --sessions 1,16 \\
-        --tokenizer-of random:llama-3.1-8b --out fullstack.json
+        --tool-model random:qwen2.5-1.5b --chat-model random:llama-3.1-8b --out full.json
+    python -m bench.gpu_fullstack --start-system configs/gpu.toml --sessions '' \\
+        --layouts auto --layout-sessions 16,32,64 --layout-out multigpu.json
 """
 
 from __future__ import annotations
@@ -25,7 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import random
@@ -33,18 +50,24 @@ import shutil
 import signal
 import sys
 import time
-import tomllib
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Final, Self
 
+import msgspec
 import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
+from bench.gpu_layouts import Layout, Placement, gpu_count, placement_for, transition
 from bench.gpu_raw import (
     PERSONA_LEAD,
     UTTERANCE_LEAD,
     Workload,
+    device_name,
     history_of,
     int_list,
     summary_ms,
@@ -52,23 +75,38 @@ from bench.gpu_raw import (
 )
 from bus import subjects
 from bus.codec import BusDecodeError, Codec
+from bus.events import Done
 from bus.history import append_turn
+from bus.permissions import Role
 from clients.turn import FrameStream, TurnResult, open_stream, run_turn
+from configs.loader import load_config
+from configs.schema import Config
+from launcher.net import free_port
+from launcher.plan import SlotOverrides
+from launcher.supervisor import Launcher, LaunchOptions
 
-__all__ = ["main"]
+__all__ = ["DoneTap", "main", "scenario", "system_config"]
 
-MODES = ("sequential", "concurrent")
+MODES: Final = ("sequential", "concurrent")
 # How long an actor may take to come up: a vLLM engine compiles and captures graphs.
-ACTOR_READY_S = 420.0
-EDGE_READY_S = 60.0
+ACTOR_READY_S: Final = 420.0
+EDGE_READY_S: Final = 60.0
+# A vLLM actor closes its engine on SIGTERM; give it that long before SIGKILL.
+STOP_S: Final = 30.0
+# The bench's own bus user: it reads the actors' done events, nothing else.
+TAP_USER: Final = "bench-tap"
+# How long a turn's done event may trail the client's done frame.
+TAP_WAIT_S: Final = 10.0
+PERSONA_STYLE: Final = "wholesome"
+GENDER: Final = "female"
 
 
 def _start(session_id: str, persona: str, history: str, utterance: str) -> dict[str, Any]:
     return {
         "type": "start",
         "session_id": session_id,
-        "assistant_gender": "female",
-        "persona_style": "wholesome",
+        "assistant_gender": GENDER,
+        "persona_style": PERSONA_STYLE,
         "persona_text": persona,
         "history_text": history,
         "user_utterance": utterance,
@@ -100,6 +138,141 @@ def _median(values: Sequence[float]) -> float:
     return ordered[len(ordered) // 2] if ordered else 0.0
 
 
+# -- which replica served a turn -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The chat leg of one turn, as its actor reported it when it ended."""
+
+    actor_id: str
+    prompt_tokens: int
+    cached_tokens: int
+
+
+class DoneTap:
+    """The actors' ``done`` events of every session, read from the bus as published.
+
+    The outbound subject names the sending actor, so a chat leg's done event says
+    which replica served that turn; the client learns the turn id from the ``ack``.
+    Only done events are received (one per leg), not the token stream.
+
+    Args:
+        urls, user, password: the bus and this listener's own user on it.
+    """
+
+    def __init__(self, urls: Sequence[str], user: str | None, password: str | None) -> None:
+        self._urls = list(urls)
+        self._user = user
+        self._password = password
+        self._codec = Codec()
+        self._client: Client | None = None
+        self._served: dict[tuple[str, str], Served] = {}
+        self._waiting: dict[tuple[str, str], asyncio.Future[Served]] = {}
+
+    @staticmethod
+    def role() -> Role:
+        """The bus user the launcher must admit for it."""
+        return Role(user=TAP_USER, publish=(), subscribe=(subjects.all_out("done"),))
+
+    async def __aenter__(self) -> Self:
+        self._client = await nats.connect(
+            servers=self._urls, user=self._user, password=self._password, name=TAP_USER
+        )
+        await self._client.subscribe(subjects.all_out("done"), cb=self._on_done)
+        await self._client.flush()  # subscribed before the first turn starts
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for future in self._waiting.values():
+            future.cancel()
+        if self._client is not None:
+            await self._client.close()
+
+    async def _on_done(self, msg: Msg) -> None:
+        parsed = subjects.parse_edge_out(msg.subject)
+        if parsed is None:
+            return
+        try:
+            event = self._codec.decode_outbound(msg.data)
+        except BusDecodeError:
+            return
+        if not isinstance(event, Done) or event.kind != "chat":
+            return
+        key = (event.session_id, event.turn_id)
+        served = Served(parsed[1], event.prompt_tokens, event.cached_tokens)
+        self._served[key] = served
+        waiter = self._waiting.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(served)
+
+    async def served(self, session_id: str, turn_id: str, within: float) -> Served | None:
+        """The chat leg of ``turn_id``, waiting up to ``within`` s for its done event."""
+        key = (session_id, turn_id)
+        if key in self._served:
+            return self._served.pop(key)
+        waiter = self._waiting.setdefault(key, asyncio.get_running_loop().create_future())
+        try:
+            async with asyncio.timeout(within):
+                return await waiter
+        except TimeoutError:
+            return None
+        finally:
+            self._waiting.pop(key, None)
+            self._served.pop(key, None)
+
+
+def _replica_stats(served: Sequence[Served]) -> dict[str, dict[str, float]]:
+    """Per chat replica: sessions served, prompt and cached tokens, their ratio."""
+    stats: dict[str, dict[str, float]] = {}
+    for leg in served:
+        entry = stats.setdefault(
+            leg.actor_id, {"sessions": 0, "prompt_tokens": 0, "cached_tokens": 0}
+        )
+        entry["sessions"] += 1
+        entry["prompt_tokens"] += leg.prompt_tokens
+        entry["cached_tokens"] += leg.cached_tokens
+    for entry in stats.values():
+        prompt = entry["prompt_tokens"]
+        entry["hit_rate"] = round(entry["cached_tokens"] / prompt, 4) if prompt else 0.0
+    return dict(sorted(stats.items()))
+
+
+# -- one scenario ------------------------------------------------------------------------
+
+
+async def prime(stream: FrameStream, session_id: str, persona: str) -> None:
+    """Set the session's persona and warm it, as our clients prime a session: the
+    chat replica that takes the warm becomes the session's home."""
+    await stream.send(
+        {
+            "type": "set_persona",
+            "session_id": session_id,
+            "assistant_gender": GENDER,
+            "persona_style": PERSONA_STYLE,
+            "persona_text": persona,
+        }
+    )
+    await _until_frame(stream, "ack")
+    await stream.send({"type": "warm_persona"})
+    await _until_frame(stream, "warmed")
+
+
+async def _until_frame(stream: FrameStream, kind: str) -> None:
+    async with asyncio.timeout(120):
+        while True:
+            frame = await stream.receive(120)
+            if frame.type == kind:
+                return
+            if frame.type == "error":
+                raise RuntimeError(f"priming a session failed: {dict(frame.data)}")
+
+
 async def scenario(
     url: str,
     api_key: str,
@@ -108,11 +281,13 @@ async def scenario(
     sessions: int,
     workload: Workload,
     name: str,
+    tap: DoneTap | None = None,
 ) -> list[dict[str, Any]]:
     """N sessions, ``workload.turns`` turns each, every turn started by all at once."""
     rngs = [random.Random(f"{name}/{i}") for i in range(sessions)]
     histories = [history_of(tokenizer, rng, workload.history_tokens) for rng in rngs]
     ids = [f"gpu-{i}-{uuid.uuid4().hex[:8]}" for i in range(sessions)]
+    homes: list[str | None] = [None] * sessions
     rows = []
     async with contextlib.AsyncExitStack() as connections:
         streams: list[FrameStream] = list(
@@ -120,6 +295,7 @@ async def scenario(
                 *(connections.enter_async_context(open_stream(url, api_key)) for _ in ids)
             )
         )
+        await asyncio.gather(*(prime(s, ids[i], persona) for i, s in enumerate(streams)))
         for turn in range(1, workload.turns + 1):
             if turn > 1:
                 await asyncio.sleep(workload.think_s)  # the users speak; the actor warms
@@ -148,6 +324,25 @@ async def scenario(
                 row[key] = summary_ms([t[key] for t in timings if t[key] is not None])
             row["cached_tokens_p50"] = _median([t["cached"] for t in timings])
             row["prompt_tokens_p50"] = _median([t["prompt"] for t in timings])
+            ended = [r.frames[-1].at for r in results if r.ok and r.frames]
+            burst_s = max(ended) - min(r.sent_at for r in results) if ended else 0.0
+            row["turns_per_s"] = round(len(timings) / burst_s, 3) if burst_s > 0 else 0.0
+            if tap is not None:
+                served = await asyncio.gather(
+                    *(_served_by(tap, ids[i], r) for i, r in enumerate(results))
+                )
+                legs = [leg for leg in served if leg is not None]
+                row["replicas"] = _replica_stats(legs)
+                row["unmatched"] = sum(
+                    1 for r, leg in zip(results, served, strict=True) if r.ok and not leg
+                )
+                moved = 0
+                for i, leg in enumerate(served):
+                    if leg is None:
+                        continue
+                    moved += homes[i] is not None and homes[i] != leg.actor_id
+                    homes[i] = leg.actor_id
+                row["moved"] = moved
             rows.append(row)
             for i, result in enumerate(results):
                 # What the client was sent is what it appends (bus.history).
@@ -155,223 +350,120 @@ async def scenario(
     return rows
 
 
-async def warm_persona(url: str, api_key: str, persona: str) -> None:
-    """Warm the shared persona once, as a deployment's sessions do before speaking."""
-    async with open_stream(url, api_key) as stream:
-        await stream.send({"type": "warm_persona", "persona_text": persona})
-        async with asyncio.timeout(120):
-            while (await stream.receive(120)).type != "warmed":
-                pass
+async def _served_by(tap: DoneTap, session_id: str, result: TurnResult) -> Served | None:
+    turn_id = (result.ack or {}).get("turn_id")
+    if not result.ok or not isinstance(turn_id, str):
+        return None
+    return await tap.served(session_id, turn_id, TAP_WAIT_S)
 
 
 # -- running the system ------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class SystemPlan:
-    """What ``--start-system`` runs: one config, and each process's environment."""
-
-    config: Path
-    workdir: Path
-    tool_model: str | None
-    chat_model: str | None
-    python: str = sys.executable
-
-
-def write_config(base: Path, out: Path, overrides: Mapping[str, Mapping[str, Any]]) -> Path:
-    """``base`` with ``overrides`` merged in, section by section, written as TOML."""
-    data = tomllib.loads(base.read_text())
-    for section, values in overrides.items():
-        node = data
-        for part in section.split("."):
-            node = node.setdefault(part, {})
-        node.update(values)
-    out.write_text(_toml(data))
-    return out
-
-
-def _toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    plain = {k: v for k, v in data.items() if not isinstance(v, Mapping)}
-    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
-    lines = [f"[{prefix}]"] if prefix and plain else []
-    lines += [f"{key} = {json.dumps(value)}" for key, value in plain.items()]
-    text = "\n".join(lines) + ("\n\n" if lines else "")
-    for key, table in tables.items():
-        text += _toml(table, f"{prefix}.{key}" if prefix else key)
-    return text
-
-
-class Heartbeats:
-    """Who is ready on the bus, from the actors' heartbeats."""
-
-    def __init__(self) -> None:
-        self._codec = Codec()
-        self.ready: dict[str, str] = {}  # actor id -> kind
-        self._changed = asyncio.Event()
-
-    async def on_message(self, msg: Any) -> None:
-        try:
-            beat = self._codec.decode_heartbeat(msg.data)
-        except BusDecodeError:
-            return
-        if beat.ready and not beat.draining:
-            self.ready[beat.actor_id] = beat.kind
-        else:
-            self.ready.pop(beat.actor_id, None)
-        self._changed.set()
-
-    async def wait_new(self, kind: str, known: set[str], within: float) -> str:
-        """The id of an actor of ``kind`` that is ready and not in ``known``."""
-        async with asyncio.timeout(within):
-            while True:
-                fresh = [a for a, k in self.ready.items() if k == kind and a not in known]
-                if fresh:
-                    return fresh[0]
-                self._changed.clear()
-                await self._changed.wait()
-
-
-class System:
-    """nats-server, a tool actor, a chat actor and one edge per mode, as processes."""
-
-    def __init__(self, plan: SystemPlan, stack: contextlib.AsyncExitStack) -> None:
-        self.plan = plan
-        self._stack = stack
-        self.urls: dict[str, str] = {}
-        self.env: dict[str, str] = {}
-        self.chat: Any = None
-        self.beats = Heartbeats()
-        self._known: set[str] = set()
-        self._children: dict[str, Any] = {}
-        self._starts = 0
-
-    async def start(self) -> None:
-        from launcher.nats import NatsServer
-        from launcher.net import free_port
-
-        plan = self.plan
-        server = await self._stack.enter_async_context(NatsServer(plan.workdir / "nats"))
-        self.env = {
-            **os.environ,
-            "YAP_NATS_URL": server.url,
-            # Every session of the largest scenario on one edge.
-            "MAX_CONCURRENT_CONNECTIONS": "256",
-            "PYTHONUNBUFFERED": "1",
-        }
-        if plan.tool_model:
-            self.env["TOOL_MODEL"] = plan.tool_model
-        if plan.chat_model:
-            self.env["CHAT_MODEL"] = plan.chat_model
-        nc = await nats.connect(server.url)
-        self._stack.push_async_callback(nc.close)
-        await nc.subscribe(subjects.ALL_HEARTBEATS, cb=self.beats.on_message)
-        began = time.perf_counter()
-        await self._start_actor("tool", self.env)
-        print(f"# tool actor ready in {time.perf_counter() - began:.1f} s", flush=True)
-        began = time.perf_counter()
-        self.chat = await self._start_actor("chat", self.env)
-        print(f"# chat actor ready in {time.perf_counter() - began:.1f} s", flush=True)
-        for index, mode in enumerate(MODES):
-            port = free_port()
-            env = {
-                **self.env,
-                # Distinct edge ids: each edge hears its own sessions' outbound events.
-                "YAP_EDGE_ID": f"edge-{index}",
-                "YAP_EDGE_PORT": str(port),
-                "CONCURRENT_MODEL_CALL": "1" if mode == "concurrent" else "0",
-            }
-            await self._child(f"edge-{mode}", ["edge"], env)
-            await _until_healthy("127.0.0.1", port)
-            self.urls[mode] = f"ws://127.0.0.1:{port}/ws"
-
-    def pids(self) -> dict[str, int]:
-        """The actors' and edges' process ids, by name."""
-        return {name: child.pid for name, child in self._children.items() if child.running}
-
-    async def replace_chat(self, model: str) -> None:
-        """Stop the chat actor and start one on ``model``; the edges stay."""
-        await self.chat.stop()
-        began = time.perf_counter()
-        self.chat = await self._start_actor("chat", {**self.env, "CHAT_MODEL": model})
-        print(f"# chat actor on {model} ready in {time.perf_counter() - began:.1f} s", flush=True)
-
-    async def _start_actor(self, kind: str, env: Mapping[str, str]) -> Any:
-        """Start an actor and wait for its ready heartbeat, or fail at once if it exits."""
-        # A fresh id per start (the launcher's slot names): a restarted chat actor is
-        # told from the one it replaces.
-        self._starts += 1
-        env = {**env, "YAP_ACTOR_ID": f"{kind}-{self._starts}"}
-        child = await self._child(f"{kind}-actor", ["actors", kind], env)
-        ready = asyncio.ensure_future(self.beats.wait_new(kind, self._known, ACTOR_READY_S))
-        exited = asyncio.ensure_future(child.wait())
-        try:
-            await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            exited.cancel()
-        if not ready.done():
-            ready.cancel()
-            raise RuntimeError(f"the {kind} actor exited with {child.returncode} before ready")
-        self._known.add(ready.result())
-        return child
-
-    async def _child(self, name: str, module: list[str], env: Mapping[str, str]) -> Any:
-        from launcher.process import ChildProcess
-
-        log = (self.plan.workdir / f"{name}-{time.monotonic_ns()}.log").open("wb")
-        self._stack.callback(log.close)
-        argv = [self.plan.python, "-m", *module, "--config", str(self.plan.config)]
-        child = ChildProcess(name, argv, env=env, stdout=log, stderr=log, stop_timeout_s=30)
-        await child.start()
-        self._stack.push_async_callback(child.stop)
-        self._children[name] = child
-        return child
-
-
-async def _until_healthy(host: str, port: int) -> None:
-    from launcher.net import http_status
-
-    # Polled: an HTTP endpoint has nothing to wait on; bounded by the timeout.
-    async with asyncio.timeout(EDGE_READY_S):
-        while True:
-            if await http_status(host, port, "/healthz") == 200:
-                return
-            await asyncio.sleep(0.1)
+def system_config(
+    base: Config, args: argparse.Namespace, workdir: Path, placement: Placement | None
+) -> Config:
+    """``base`` (the deployment file, env overrides applied) set up for the benchmark:
+    the models asked for, fixed-length replies, free ports, two edges, the layouts'
+    replicas."""
+    data: dict[str, Any] = msgspec.to_builtins(base)
+    if args.tool_model:
+        data["tool"]["model"] = args.tool_model
+    if args.chat_model:
+        data["chat"]["model"] = args.chat_model
+    if args.chat_out:
+        data["chat"]["max_out"] = args.chat_out
+    if args.chat_frac:
+        data["chat"]["gpu_frac"] = args.chat_frac
+    # Like bench.gpu_raw, every reply runs its full length whatever random weights
+    # sample.
+    data["chat"]["sampling"]["ignore_eos"] = True
+    data["edge"].update(
+        host="127.0.0.1",
+        port=free_port(),
+        # One edge per mode (each a lone edge: see running_system); every session of
+        # the largest scenario fits.
+        processes=len(MODES),
+        max_concurrent_connections=512,
+        slots_path=str(workdir / "edge-slots"),
+    )
+    data["models"]["concurrent_model_call"] = False  # edge-1 overrides it
+    # Free ports on a shared host: no fixed metrics or bus ports. No actor refuses a
+    # turn of the largest burst for being at its limit.
+    data["actor"].update(tool_metrics_port=0, chat_metrics_port=0, max_running=256)
+    data["nats_server"].update(port=0, monitor_port=0, store_dir=str(workdir / "nats"))
+    if placement is not None:
+        data["actor"].update(placement.actor_section())
+    return msgspec.convert(data, Config)
 
 
 @contextlib.asynccontextmanager
-async def running_system(args: argparse.Namespace) -> AsyncIterator[System]:
-    workdir = Path(args.workdir)  # made by main()
-    overrides: dict[str, dict[str, Any]] = {
-        # Like bench.gpu_raw, every reply runs its full length whatever random
-        # weights sample.
-        "chat.sampling": {"ignore_eos": True},
-        # Free ports on a shared host: no fixed metrics ports.
-        "actor": {"tool_metrics_port": 0, "chat_metrics_port": 0},
-        "edge": {"host": "127.0.0.1"},
+async def running_system(
+    args: argparse.Namespace, base: Config, env: Mapping[str, str], placement: Placement | None
+) -> AsyncIterator[Launcher]:
+    """The deployment, run by the launcher; edge ``i`` serves ``MODES[i]``."""
+    workdir = Path(args.workdir)  # absolute, made by main()
+    config = system_config(base, args, workdir, placement)
+    # The edges listen side by side, one per mode, each on a port of its own: each is
+    # a lone edge as a deployment runs one (edge.processes 1: no shared port, its own
+    # connection count), only the plan has two.
+    overrides: dict[str, SlotOverrides] = {
+        "edge-0": {"edge": {"processes": 1}},
+        "edge-1": {
+            "edge": {"processes": 1, "port": free_port()},
+            "models": {"concurrent_model_call": True},
+        },
     }
-    if args.chat_out:
-        overrides["chat"] = {"max_out": args.chat_out}
-    config = write_config(Path(args.start_system), workdir / "config.toml", overrides)
-    plan = SystemPlan(
-        config=config,
-        workdir=workdir,
-        tool_model=args.tool_model,
-        chat_model=args.chat_model,
+    options = LaunchOptions(
+        work_dir=workdir,
+        log_dir=workdir,
+        actor_ready_timeout_s=ACTOR_READY_S,
+        edge_ready_timeout_s=EDGE_READY_S,
+        stop_timeout_s=STOP_S,
+        overrides=overrides,
+        deferred=placement.deferred() if placement is not None else frozenset(),
+        roles=(DoneTap.role(),),
     )
-    async with contextlib.AsyncExitStack() as stack:
-        system = System(plan, stack)
-        await system.start()
-        yield system
+    began = time.perf_counter()
+    async with Launcher(config, env, options) as launcher:
+        print(f"# system ready in {time.perf_counter() - began:.1f} s", flush=True)
+        try:
+            yield launcher
+        finally:
+            _print_services(launcher)
+
+
+def _print_services(launcher: Launcher) -> None:
+    """Each slot's state and restarts: a crash during the run shows here."""
+    for status in launcher.status():
+        print(
+            f"# {status.name}: {status.state}, restarts {status.restarts}, "
+            f"last exit {status.last_exit or '-'}",
+            flush=True,
+        )
+
+
+def _urls(launcher: Launcher) -> dict[str, str]:
+    urls = {}
+    for index, mode in enumerate(MODES):
+        host, port = launcher.edge_address(index)
+        urls[mode] = f"ws://{host}:{port}/ws"
+    return urls
 
 
 # -- the run -----------------------------------------------------------------------------
 
 
 class Rows:
-    """The rows so far, rewritten after every scenario: a run cut short keeps them."""
+    """The rows so far, rewritten after every scenario: a run cut short keeps them.
 
-    def __init__(self, path: str | None) -> None:
+    ``header`` given: the file is an object (the header's keys and ``rows``), else a
+    list of rows.
+    """
+
+    def __init__(self, path: str | None, header: Mapping[str, Any] | None = None) -> None:
         self._path = path
+        self._header = dict(header) if header is not None else None
         self.rows: list[dict[str, Any]] = []
 
     def add(self, rows: list[dict[str, Any]], **labels: Any) -> None:
@@ -379,8 +471,13 @@ class Rows:
             row = {**labels, **row}
             self.rows.append(row)
             print(json.dumps(row), flush=True)
-        if self._path:
-            Path(self._path).write_text(json.dumps(self.rows, indent=1))
+        self.save()
+
+    def save(self) -> None:
+        if not self._path:
+            return
+        data: Any = self.rows if self._header is None else {**self._header, "rows": self.rows}
+        Path(self._path).write_text(json.dumps(data, indent=1))
 
 
 def load_tokenizer(args: argparse.Namespace, chat_model: str) -> Any:
@@ -457,30 +554,100 @@ class Profiler:
                 (self._out_dir / f"{name}-top.txt").write_text(render_profile(name, summary))
 
 
-async def drive(
-    urls: Mapping[str, str],
-    args: argparse.Namespace,
+@dataclass(frozen=True, slots=True)
+class Driver:
+    """What every scenario of a run shares: where, how much, and the tap."""
+
+    urls: Mapping[str, str]
+    api_key: str
+    modes: Sequence[str]
+    workload: Workload
+    tap: DoneTap | None
+
+    async def run(
+        self, out: Rows, tokenizer: Any, chat_model: str, sessions: Sequence[int], **labels: Any
+    ) -> None:
+        persona = text_of_tokens(
+            tokenizer, random.Random(0), self.workload.persona_tokens, PERSONA_LEAD
+        )
+        for count in sessions:
+            for mode in self.modes:
+                began = time.perf_counter()
+                name = f"{mode}-{count}-{chat_model}-{time.monotonic_ns()}"
+                rows = await scenario(
+                    self.urls[mode],
+                    self.api_key,
+                    tokenizer,
+                    persona,
+                    count,
+                    self.workload,
+                    name,
+                    self.tap,
+                )
+                wall_s = round(time.perf_counter() - began, 2)
+                out.add(rows, **labels, mode=mode, chat_model=chat_model, wall_s=wall_s)
+
+
+async def run_layouts(
+    launcher: Launcher,
+    driver: Driver,
+    placement: Placement,
     out: Rows,
+    tokenizer: Any,
     chat_model: str,
     sessions: Sequence[int],
-    workload: Workload,
+    measured: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    tokenizer = load_tokenizer(args, chat_model)
-    persona = text_of_tokens(tokenizer, random.Random(0), workload.persona_tokens, PERSONA_LEAD)
-    await warm_persona(urls[args.modes[0]], args.api_key, persona)
-    for count in sessions:
-        for mode in args.modes:
-            began = time.perf_counter()
-            name = f"{mode}-{count}-{chat_model}-{time.monotonic_ns()}"
-            rows = await scenario(
-                urls[mode], args.api_key, tokenizer, persona, count, workload, name
-            )
-            out.add(
-                rows, mode=mode, chat_model=chat_model, wall_s=round(time.perf_counter() - began, 2)
-            )
+    """Each layout of ``placement`` in turn: start and stop chat replicas, measure.
+
+    ``measured``: rows the main runs took on the first layout; the sessions counts
+    they cover are taken from them instead of being run again.
+    """
+    first = placement.layouts[0].name
+    reused = [r for r in measured if r["sessions"] in sessions and r["chat_model"] == chat_model]
+    if reused:
+        out.rows.extend(reused)
+        out.save()
+    covered = {r["sessions"] for r in reused}
+    for layout in placement.layouts:
+        await apply_layout(launcher, placement, layout)
+        todo = [n for n in sessions if layout.name != first or n not in covered]
+        if todo:
+            await driver.run(out, tokenizer, chat_model, todo, layout=layout.name)
 
 
-async def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
+async def apply_layout(launcher: Launcher, placement: Placement, layout: Layout) -> None:
+    """Make exactly ``layout``'s chat replicas serve (stops first: GPU memory)."""
+    running = [
+        slot
+        for slot in placement.chat_slots
+        if launcher.services[slot].state not in ("pending", "stopped", "failed")
+    ]
+    stop, start = transition(running, layout)
+    for slot in stop:
+        await launcher.stop_slot(slot)
+    for slot in start:
+        began = time.perf_counter()
+        await launcher.start_slot(slot)
+        print(f"# {slot} ready in {time.perf_counter() - began:.1f} s", flush=True)
+    print(f"# layout ({layout.name}): {placement.describe(layout)}", flush=True)
+
+
+async def _run(
+    args: argparse.Namespace,
+    base: Config | None,
+    env: Mapping[str, str],
+    placement: Placement | None,
+    device: str,
+) -> bool:
+    """All the runs; True when every turn of every row completed.
+
+    Args:
+        base: the deployment to start (``--start-system``), None to drive ``--url``.
+        env: the environment the system's processes start from.
+        placement: the layouts to run (``--layouts``), if any.
+        device: the GPUs, as nvidia-smi names them, for the layouts' file.
+    """
     workload = Workload(
         persona_tokens=args.persona_tokens,
         history_tokens=args.history_tokens,
@@ -490,19 +657,76 @@ async def _run(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     out = Rows(args.out)
     chat_model = args.chat_model or "random:llama-3.1-8b"
-    if not args.start_system:
-        urls = {mode: args.url for mode in MODES}
-        await drive(urls, args, out, chat_model, args.sessions, workload)
-        return out.rows
-    async with running_system(args) as system:
-        async with contextlib.AsyncExitStack() as profiling:
-            if args.profile:
-                await profiling.enter_async_context(Profiler(Path(args.profile), system.pids()))
-            await drive(system.urls, args, out, chat_model, args.sessions, workload)
-        for model in args.extra_chat_model:
-            await system.replace_chat(model)
-            await drive(system.urls, args, out, model, args.extra_sessions, workload)
-    return out.rows
+    if base is None:
+        driver = Driver(
+            {mode: args.url for mode in MODES}, args.api_key, args.modes, workload, None
+        )
+        await driver.run(out, load_tokenizer(args, chat_model), chat_model, args.sessions)
+        return bool(out.rows) and _all_ok(out.rows)
+    layout_rows = Rows(args.layout_out, _layout_header(args, placement, device))
+    tokenizer = load_tokenizer(args, chat_model)
+    async with running_system(args, base, env, placement) as launcher:
+        credentials = launcher.credentials(TAP_USER)
+        async with DoneTap(
+            launcher.bus_urls,
+            credentials.user if credentials else None,
+            credentials.password if credentials else None,
+        ) as tap:
+            driver = Driver(_urls(launcher), args.api_key, args.modes, workload, tap)
+            labels = {"layout": placement.layouts[0].name} if placement else {}
+            async with contextlib.AsyncExitStack() as profiling:
+                if args.profile:
+                    pids = {k: v for k, v in launcher.pids.items() if not k.startswith("nats")}
+                    await profiling.enter_async_context(Profiler(Path(args.profile), pids))
+                await driver.run(out, tokenizer, chat_model, args.sessions, **labels)
+            if placement is not None:
+                await run_layouts(
+                    launcher,
+                    driver,
+                    placement,
+                    layout_rows,
+                    tokenizer,
+                    chat_model,
+                    args.layout_sessions,
+                    measured=out.rows,
+                )
+                if args.extra_chat_model:
+                    # The other chat models run on the first layout, like the main runs.
+                    await apply_layout(launcher, placement, placement.layouts[0])
+            for model in args.extra_chat_model:
+                began = time.perf_counter()
+                await launcher.restart_slot("chat-0", {"chat": {"model": model}})
+                took = time.perf_counter() - began
+                print(f"# chat-0 on {model} ready in {took:.1f} s", flush=True)
+                extra_tokenizer = load_tokenizer(args, model)
+                await driver.run(out, extra_tokenizer, model, args.extra_sessions, **labels)
+    return bool(out.rows or layout_rows.rows) and _all_ok(out.rows) and _all_ok(layout_rows.rows)
+
+
+def _all_ok(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """No failed turn, every chat leg seen on the bus, no session off its replica."""
+    return all(not r["failed"] and not r.get("unmatched") and not r.get("moved") for r in rows)
+
+
+def _layout_header(
+    args: argparse.Namespace, placement: Placement | None, device: str
+) -> dict[str, Any]:
+    if placement is None:
+        return {}
+    return {
+        "device": device,
+        "gpus": placement.gpus,
+        "command": " ".join([sys.executable, "-m", "bench.gpu_fullstack", *sys.argv[1:]]),
+        "models": {"tool": args.tool_model, "chat": args.chat_model},
+        "layouts": [
+            {"name": layout.name, "title": layout.title, "placement": placement.describe(layout)}
+            for layout in placement.layouts
+        ],
+    }
+
+
+def _layout_names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -517,8 +741,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--start-system", metavar="CONFIG", help="start the system from this config first"
     )
     parser.add_argument("--workdir", default="gpu-out/system", help="logs and config")
-    parser.add_argument("--tool-model", default=None, help="TOOL_MODEL for the actors")
-    parser.add_argument("--chat-model", default=None, help="CHAT_MODEL for the actors")
+    parser.add_argument("--tool-model", default=None, help="the tool actor's model")
+    parser.add_argument("--chat-model", default=None, help="the chat actor's model")
+    parser.add_argument("--chat-frac", type=float, default=None, help="chat.gpu_frac")
     parser.add_argument("--extra-chat-model", action="append", default=[])
     parser.add_argument("--extra-sessions", type=int_list, default=[16])
     parser.add_argument("--tokenizer", help="a model directory whose tokenizer builds the texts")
@@ -533,13 +758,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile", metavar="DIR", help="py-spy the actors and edges during the main runs"
     )
+    parser.add_argument(
+        "--layouts",
+        type=_layout_names,
+        default=[],
+        help="'auto' (every layout the GPUs allow) or names (a,b,c,d; c1 on one GPU)",
+    )
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs to plan for (0: nvidia-smi)")
+    parser.add_argument("--layout-sessions", type=int_list, default=[16, 32, 64])
+    parser.add_argument("--layout-out", help="write the layouts' rows as JSON here")
     args = parser.parse_args(argv)
+    if args.layouts and not args.start_system:
+        parser.error("--layouts needs --start-system")
+    placement, device = None, ""
+    if args.layouts:
+        gpus = args.gpus or gpu_count()
+        try:
+            placement = placement_for(gpus, () if args.layouts == ["auto"] else args.layouts)
+        except ValueError as exc:
+            parser.error(f"--layouts: {exc}")
+        device = "; ".join(device_name().splitlines())
+    base = None
     if args.start_system:
+        # The deployment file and the environment are read here, at the entrypoint.
+        base = load_config(args.start_system, os.environ)
+        args.workdir = str(Path(args.workdir).absolute())
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
-    rows = asyncio.run(_run(args))
-    return 0 if rows and all(not r["failed"] for r in rows) else 1
+    return 0 if asyncio.run(_run(args, base, dict(os.environ), placement, device)) else 1
 
 
 if __name__ == "__main__":

@@ -204,15 +204,18 @@ class Bench:
             )
         return {"start": start, "tool": tool, "chat": chat}
 
-    async def scenario(self, *, mode: str, sessions: int, tool_tokens: int) -> list[dict]:
+    async def scenario(
+        self, *, mode: str, sessions: int, tool_tokens: int, turns: int | None = None
+    ) -> list[dict]:
         name = f"{mode}-{sessions}-{tool_tokens}-{time.monotonic_ns()}"
         workload = self.workload
+        turns = workload.turns if turns is None else turns
         tokenizer = self.chat.tokenizer
         rngs = [random.Random(f"{name}/{i}") for i in range(sessions)]
         histories = [history_of(tokenizer, rng, workload.history_tokens) for rng in rngs]
         began = time.perf_counter()
         rows = []
-        for turn in range(1, workload.turns + 1):
+        for turn in range(1, turns + 1):
             if turn > 1:
                 await asyncio.sleep(workload.think_s)  # the users speak
             utterances = [
@@ -263,10 +266,11 @@ class Bench:
         }
 
     async def warm_up(self, sessions: int) -> None:
-        """Prime the persona prefix, then run one throwaway scenario at the largest
-        session count, so no batch shape meets a first-time compile when timed."""
+        """Prime the persona prefix, then run one throwaway turn at the largest session
+        count, so no batch shape meets a first-time compile when timed (one turn takes
+        the decode batch up to that size and back down; more would only cost time)."""
         await self.chat.warm(await self.chat_prompts.persona_prefix(persona_text=self.persona))
-        await self.scenario(mode="concurrent", sessions=sessions, tool_tokens=2)
+        await self.scenario(mode="concurrent", sessions=sessions, tool_tokens=2, turns=1)
 
 
 def device_name() -> str:

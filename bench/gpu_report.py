@@ -10,7 +10,15 @@ issue's turn-2 targets, each marked met or missed:
 * tool decision within 5 ms of raw-2 (same rows);
 * turn-2 TTFT at 16 sessions, concurrent, at most 80 ms (next-turn warming).
 
+``--multigpu`` adds the layouts' report (issue 12, ``bench.gpu_fullstack
+--layouts``): per layout, mode, sessions and turn, turns/s, tool decision and turn
+TTFT p50/p95, per-token latency, each chat replica's prefix-cache hit rate (cached /
+prompt tokens, with the sessions it served), sessions that changed replica, and the
+ratio of turns/s and TTFT p50 to layout (a) on the same row. Several files (calls of
+one device session) are read as one run.
+
     python -m bench.gpu_report gpu_raw.json gpu_fullstack.json > report.md
+    python -m bench.gpu_report --multigpu gpu_multigpu.json > multigpu.md
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "report"]
+__all__ = ["main", "multigpu_report", "report"]
 
 RATIO_TARGET = 1.05
 TOOL_TARGET_MS = 5.0
@@ -95,12 +103,115 @@ def _check(text: str, ok: bool) -> str:
     return f"- {'met' if ok else 'MISSED'}: {text}"
 
 
+BASE_LAYOUT = "a"
+LayoutKey = tuple[str, str, int, int]  # mode, chat model, sessions, turn
+
+
+def _p50_p95(cell: Any) -> str:
+    if not isinstance(cell, dict) or not cell.get("n"):
+        return NONE
+    return f"{cell['p50']:.1f} / {cell['p95']:.1f}"
+
+
+def _replicas(row: dict[str, Any]) -> str:
+    replicas = row.get("replicas") or {}
+    if not replicas:
+        return NONE
+    return ", ".join(
+        f"{name} {r['hit_rate']:.2f} ({r['sessions']:.0f})" for name, r in replicas.items()
+    )
+
+
+def multigpu_report(runs: Sequence[dict[str, Any]]) -> str:
+    """The layouts' Markdown report of one device session (one or more files)."""
+    rows = [row for run in runs for row in run.get("rows", [])]
+    lines = []
+    for run in runs:
+        lines.append(f"device: {run.get('device', '?')}; GPUs planned for: {run.get('gpus', '?')}")
+        for layout in run.get("layouts", []):
+            lines.append(f"- ({layout['name']}) {layout['title']}: {layout['placement']}")
+    base: dict[LayoutKey, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("layout") == BASE_LAYOUT:
+            base[(row["mode"], row.get("chat_model", ""), row["sessions"], row["turn"])] = row
+    lines += ["", *_layout_summary(rows)]
+    lines += [
+        "",
+        "Per turn; ms p50 / p95; hit rate = cached / prompt tokens per chat replica "
+        "(sessions it served); moved = sessions served by another replica than on their "
+        "previous turn; ÷ (a) = this layout's figure over layout (a)'s on the same row.",
+        "",
+        "| layout | mode | sessions | turn | turns/s | tool decision | turn TTFT | per token "
+        "| hit rate per replica | moved | turns/s ÷ (a) | TTFT p50 ÷ (a) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    problems = []
+    for row in rows:
+        key = (row["mode"], row.get("chat_model", ""), row["sessions"], row["turn"])
+        ref = base.get(key)
+        tps = float(row.get("turns_per_s", math.nan))
+        ttft = _p50(row.get("ttft"))
+        tps_ratio = tps / float(ref["turns_per_s"]) if ref and ref.get("turns_per_s") else math.nan
+        ref_ttft = _p50(ref.get("ttft")) if ref else math.nan
+        ttft_ratio = ttft / ref_ttft if ref_ttft and not math.isnan(ref_ttft) else math.nan
+        lines.append(
+            f"| {row.get('layout', '?')} | {row['mode']} | {row['sessions']} | {row['turn']} | "
+            f"{_fmt(tps, 2)} | {_p50_p95(row.get('tool'))} | {_p50_p95(row.get('ttft'))} | "
+            f"{_fmt(_p50(row.get('per_token')), 2)} | {_replicas(row)} | "
+            f"{row.get('moved', NONE)} | {_fmt(tps_ratio, 2)} | {_fmt(ttft_ratio, 2)} |"
+        )
+        if row.get("failed") or row.get("unmatched") or row.get("moved"):
+            problems.append(
+                f"- ({row.get('layout')}) {row['mode']} {row['sessions']} sessions turn "
+                f"{row['turn']}: failed {row.get('failed')}, unmatched {row.get('unmatched')}, "
+                f"moved {row.get('moved')}"
+            )
+    if problems:
+        lines += ["", "Rows with failed turns, legs not seen on the bus or moved sessions:"]
+        lines += problems
+    return "\n".join(lines)
+
+
+def _layout_summary(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Turns/s over all turns of a scenario (turns over the bursts' time) per layout,
+    mode and sessions, and its ratio to layout (a)'s."""
+    totals: dict[tuple[str, str, str, int], list[float]] = {}
+    for row in rows:
+        tps = float(row.get("turns_per_s") or 0.0)
+        key = (row.get("layout", "?"), row["mode"], row.get("chat_model", ""), row["sessions"])
+        ok_and_time = totals.setdefault(key, [0.0, 0.0])
+        if tps > 0:
+            ok_and_time[0] += row["ok"]
+            ok_and_time[1] += row["ok"] / tps
+    rate = {key: ok / time_s if time_s else math.nan for key, (ok, time_s) in totals.items()}
+    lines = [
+        "Turns/s over all turns of each scenario (turns over the time of their bursts):",
+        "",
+        "| layout | mode | sessions | turns/s | ÷ (a) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for (layout, mode, model, sessions), value in rate.items():
+        ref = rate.get((BASE_LAYOUT, mode, model, sessions), math.nan)
+        ratio = value / ref if ref and not math.isnan(ref) else math.nan
+        lines.append(f"| {layout} | {mode} | {sessions} | {_fmt(value, 2)} | {_fmt(ratio, 2)} |")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_report", description=__doc__)
-    parser.add_argument("raw", type=Path)
-    parser.add_argument("full", type=Path)
+    parser.add_argument("raw", type=Path, nargs="?")
+    parser.add_argument("full", type=Path, nargs="?")
+    parser.add_argument("--multigpu", type=Path, nargs="+", default=[], metavar="JSON")
     args = parser.parse_args(argv)
-    print(report(json.loads(args.raw.read_text()), json.loads(args.full.read_text())))
+    if (args.raw is None) != (args.full is None) or (args.raw is None and not args.multigpu):
+        parser.error("give RAW and FULL, --multigpu FILE..., or both")
+    parts = []
+    if args.raw is not None and args.full is not None:
+        parts.append(report(json.loads(args.raw.read_text()), json.loads(args.full.read_text())))
+    if args.multigpu:
+        runs = [json.loads(path.read_text()) for path in args.multigpu]
+        parts.append(multigpu_report(runs))
+    print("\n\n".join(parts))
     return 0
 
 

@@ -156,9 +156,12 @@ def edge_outbox(edge_id: str) -> str:
     return f"{_edge(edge_id)}.session.*.out.>"
 
 
-def all_out() -> str:
-    """Every outbound event of every edge (recording, observers)."""
-    return f"{PREFIX}.edge.*.session.*.out.>"
+def all_out(kind: OutKind | None = None) -> str:
+    """Every outbound event of every edge (recording, observers); with ``kind``, only
+    events of that kind, from any actor (a benchmark's listener on ``done``)."""
+    if kind is None:
+        return f"{PREFIX}.edge.*.session.*.out.>"
+    return f"{PREFIX}.edge.*.session.*.out.*.{kind}"
 
 
 def out_from(actor_id: str) -> str:

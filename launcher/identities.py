@@ -5,7 +5,7 @@ environment variables that process gets (``YAP_ACTOR_ID`` / ``YAP_EDGE_ID``,
 ``YAP_BUS_USER``, ``YAP_BUS_PASSWORD``); :func:`bus_authorization` makes the
 credentials of every identity of a run and the nats-server ``authorization`` block
 that admits them: one user per id, with the permissions ``bus/permissions.py``
-builds from that id.
+builds from that id, and any other roles a run asks for (a benchmark's listener).
 """
 
 from __future__ import annotations
@@ -65,20 +65,31 @@ def identities(plan: Plan) -> tuple[Identity, ...]:
 
 
 def bus_authorization(
-    ids: Iterable[Identity],
+    ids: Iterable[Identity], extra_roles: Iterable[Role] = ()
 ) -> tuple[str, dict[str, BusCredentials]]:
-    """Fresh credentials for ``ids`` (by id) and the nats-server config that admits them.
+    """Fresh credentials for ``ids`` (by id) and ``extra_roles`` (by user), and the
+    nats-server config that admits them.
 
     The passwords exist for one run only: a leaked one dies with the run.
+
+    Raises:
+        ValueError: an extra role's user is already an identity's.
     """
     ids = tuple(ids)
     roles = [_role(i) for i in ids]
-    passwords = new_passwords(roles)
+    extra = tuple(extra_roles)
+    taken = {role.user for role in roles}
+    for role in extra:
+        if role.user in taken:
+            raise ValueError(f"bus user {role.user!r} is taken by a slot or another role")
+        taken.add(role.user)
+    passwords = new_passwords((*roles, *extra))
     credentials = {
         i.id: BusCredentials(role.user, passwords[role.user])
         for i, role in zip(ids, roles, strict=True)
     }
-    return authorization_config(roles, passwords), credentials
+    credentials |= {role.user: BusCredentials(role.user, passwords[role.user]) for role in extra}
+    return authorization_config((*roles, *extra), passwords), credentials
 
 
 def _role(identity: Identity) -> Role:

@@ -7,6 +7,12 @@ stays the same across restarts, so sessions that remember their chat actor find 
 again. The plan also lists every port the deployment will bind, for the preflight
 check, and checks that the GPU shares of the replicas fit on their GPUs. It is pure:
 no process, socket or file is touched, so all of it is unit-tested.
+
+A slot may run with config overrides of its own (:data:`SlotOverrides`): two edges
+of one bus that differ in ``models.concurrent_model_call`` and listen on their own
+ports, say, or a chat replica on another model. Only the sections that one process
+reads for itself may differ (:data:`SLOT_SECTIONS`); the replica layout, the bus and
+the supervision are the deployment's.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -22,6 +28,7 @@ from configs.schema import Config
 from launcher.errors import LauncherError
 
 __all__ = [
+    "SLOT_SECTIONS",
     "ActorKind",
     "ActorSlot",
     "EdgeSlot",
@@ -29,10 +36,12 @@ __all__ = [
     "Plan",
     "PlanError",
     "PortClaim",
+    "SlotOverrides",
     "gpu_shares",
     "make_plan",
     "parse_replicas",
     "with_cluster",
+    "with_overrides",
     "with_replicas",
 ]
 
@@ -42,6 +51,11 @@ ACTOR_KINDS: Final[tuple[ActorKind, ...]] = ("tool", "chat")
 _GPU_FULL: Final = 1.0
 _EPSILON: Final = 1e-9
 _S = TypeVar("_S", bound=msgspec.Struct)
+
+# Config section (dotted for nested tables: "chat.sampling") -> key -> value.
+SlotOverrides = Mapping[str, Mapping[str, Any]]
+# What one process reads for itself and may set apart from the other slots.
+SLOT_SECTIONS: Final = frozenset({"edge", "models", "chat", "tool", "log"})
 
 
 class PlanError(LauncherError):
@@ -83,6 +97,8 @@ class ActorSlot:
     # What this replica's process gets on top of the shared environment: the GPU it
     # may see, its share of that GPU and its metrics port.
     env: Mapping[str, str] = field(default_factory=dict)
+    # Its own config on top of the deployment's (empty: it reads the shared file).
+    overrides: SlotOverrides = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +107,9 @@ class EdgeSlot:
 
     name: str
     index: int
+    # The port it listens on: ``edge.port``, unless its overrides move it.
+    port: int = 0
+    overrides: SlotOverrides = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,26 +124,82 @@ class Plan:
         return len(self.nodes) > 1
 
 
-def make_plan(config: Config, *, start_nats: bool = True) -> Plan:
+def make_plan(
+    config: Config,
+    *,
+    start_nats: bool = True,
+    overrides: Mapping[str, SlotOverrides] | None = None,
+) -> Plan:
     """The slots and ports of ``config`` on this host.
 
+    Args:
+        overrides: slot name -> that slot's own config changes (see
+            :func:`with_overrides`).
+
     Raises:
-        PlanError: the replicas' GPU shares do not fit (see :func:`gpu_shares`).
+        PlanError: the replicas' GPU shares do not fit (see :func:`gpu_shares`), or
+            an override names no slot of the plan or does not make a valid config.
     """
-    gpu_shares(config)  # raises when they do not fit
+    overrides = dict(overrides or {})
+    gpu_shares(config, overrides)  # raises when they do not fit
     nodes = _nodes(config) if start_nats else ()
     actors = tuple(
         ActorSlot(
-            name=f"{kind}-{index}", kind=kind, index=index, env=_actor_env(config, kind, index)
+            name=f"{kind}-{index}",
+            kind=kind,
+            index=index,
+            env=_actor_env(config, kind, index),
+            overrides=overrides.get(f"{kind}-{index}", {}),
         )
         for kind in ACTOR_KINDS
         if getattr(config.models, kind)
         for index in range(_replicas(config, kind))
     )
     edges = tuple(
-        EdgeSlot(name=f"edge-{index}", index=index) for index in range(config.edge.processes)
+        EdgeSlot(
+            name=f"edge-{index}",
+            index=index,
+            port=with_overrides(config, overrides.get(f"edge-{index}", {})).edge.port,
+            overrides=overrides.get(f"edge-{index}", {}),
+        )
+        for index in range(config.edge.processes)
     )
-    return Plan(nodes=nodes, actors=actors, edges=edges, ports=_ports(config, nodes, actors))
+    unknown = set(overrides) - {slot.name for slot in (*actors, *edges)}
+    if unknown:
+        raise PlanError(
+            f"config overrides for {', '.join(sorted(unknown))}, which the plan does not "
+            f"have (its slots: {', '.join(slot.name for slot in (*actors, *edges))})"
+        )
+    return Plan(nodes=nodes, actors=actors, edges=edges, ports=_ports(config, nodes, actors, edges))
+
+
+def with_overrides(config: Config, overrides: SlotOverrides) -> Config:
+    """``config`` with one slot's ``overrides`` merged in, checked as a whole again.
+
+    ``{"models": {"concurrent_model_call": True}, "chat.sampling": {"ignore_eos": True}}``
+    sets those keys and keeps the rest of each section.
+
+    Raises:
+        PlanError: a section outside :data:`SLOT_SECTIONS`, or a result the config's
+            own checks refuse (an unknown key, a wrong type), naming the key.
+    """
+    if not overrides:
+        return config
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    for section, values in overrides.items():
+        if section.split(".")[0] not in SLOT_SECTIONS:
+            raise PlanError(
+                f"a slot's config may override {', '.join(sorted(SLOT_SECTIONS))}, not "
+                f"[{section}]: that is the whole deployment's"
+            )
+        node = data
+        for part in section.split("."):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise PlanError(f"[{section}] is not a table of the config")
+            node = child
+        node.update(values)
+    return _convert(data, Config)
 
 
 def _replicas(config: Config, kind: ActorKind) -> int:
@@ -178,12 +253,23 @@ def _actor_env(config: Config, kind: ActorKind, index: int) -> dict[str, str]:
 
 
 def _ports(
-    config: Config, nodes: tuple[NodeSlot, ...], actors: tuple[ActorSlot, ...]
+    config: Config,
+    nodes: tuple[NodeSlot, ...],
+    actors: tuple[ActorSlot, ...],
+    edges: tuple[EdgeSlot, ...],
 ) -> tuple[PortClaim, ...]:
     claims: list[PortClaim] = []
     edge = config.edge
-    if edge.port:
+    # Edges on edge.port share it (SO_REUSEPORT): one claim. One that an override
+    # moves claims its own.
+    if edge.port and any(slot.port == edge.port for slot in edges):
         claims.append(PortClaim(edge.host, edge.port, "edge", "edge.port, --edge-port", "edge"))
+    for slot in edges:
+        if slot.port and slot.port != edge.port:
+            host = with_overrides(config, slot.overrides).edge.host
+            claims.append(
+                PortClaim(host, slot.port, slot.name, f"{slot.name}'s edge.port override", "edge")
+            )
     for node in nodes:
         suffix = "" if len(nodes) == 1 else f" + {node.index} (node {node.index})"
         if node.port:
@@ -242,24 +328,30 @@ def _ports(
     return tuple(claims)
 
 
-def gpu_shares(config: Config) -> dict[str, dict[str, float]]:
+def gpu_shares(
+    config: Config, overrides: Mapping[str, SlotOverrides] | None = None
+) -> dict[str, dict[str, float]]:
     """GPU -> {replica: share of that GPU's memory} for the vLLM replicas of ``config``.
 
     A replica without ``*_gpus`` sees what the environment gives it, counted as the
     GPU ``"default"``; a replica on ``"0,1"`` (tensor parallel) takes its share of both.
+    A replica's own ``overrides`` (its backend, its ``gpu_frac``) count for it.
 
     Raises:
         PlanError: the shares on one GPU add up to more than the whole GPU.
     """
     shares: dict[str, dict[str, float]] = {}
     for kind in ACTOR_KINDS:
-        if not getattr(config.models, kind) or getattr(config, kind).backend != "vllm":
-            continue  # only vLLM claims a share of a GPU up front
+        if not getattr(config.models, kind):
+            continue
         gpus: tuple[str, ...] = getattr(config.actor, f"{kind}_gpus")
         fracs: tuple[float, ...] = getattr(config.actor, f"{kind}_gpu_fracs")
         for index in range(_replicas(config, kind)):
+            own = with_overrides(config, (overrides or {}).get(f"{kind}-{index}", {}))
+            if getattr(own, kind).backend != "vllm":
+                continue  # only vLLM claims a share of a GPU up front
             devices = gpus[index] if gpus else "default"
-            frac = fracs[index] if fracs else config.gpu_frac(kind)
+            frac = fracs[index] if fracs else own.gpu_frac(kind)
             for device in (d.strip() for d in devices.split(",")):
                 shares.setdefault(device, {})[f"{kind}-{index}"] = frac
     for device, claims in shares.items():

@@ -257,7 +257,9 @@ class Heartbeats:
     """Follows actor heartbeats; tells when the process in a slot has said ready.
 
     ``forget(actor_id)`` is called right before a slot's process is spawned, so only
-    a heartbeat of the new process counts (the old one is dead by then).
+    a heartbeat of the new process counts (the old one is dead by then). A heartbeat
+    of the old process still on its way (one instance id per process start) is
+    ignored, so a slot restarted on purpose cannot pass for ready too early.
     """
 
     def __init__(
@@ -277,11 +279,15 @@ class Heartbeats:
         self._reconnect_wait_s = reconnect_wait_s
         self._codec = Codec()
         self._ready: dict[str, asyncio.Event] = {}
+        self._instances: dict[str, str] = {}  # actor id -> the last instance heard
+        self._stale: dict[str, str] = {}  # actor id -> the instance forgotten
         self._client: Client | None = None
         self._log = logger
 
     def forget(self, actor_id: str) -> None:
         self._event(actor_id).clear()
+        if instance := self._instances.get(actor_id):
+            self._stale[actor_id] = instance
 
     async def until_ready(self, actor_id: str) -> None:
         await self._event(actor_id).wait()
@@ -300,8 +306,13 @@ class Heartbeats:
         except BusDecodeError as exc:
             self._log.warning("undecodable heartbeat on %s: %s", msg.subject, exc)
             return
+        actor_id, instance = heartbeat.actor_id, heartbeat.instance
+        if instance and self._stale.get(actor_id) == instance:
+            return  # the process this slot had before its restart
+        if instance:
+            self._instances[actor_id] = instance
         if heartbeat.ready and not heartbeat.draining:
-            self._event(heartbeat.actor_id).set()
+            self._event(actor_id).set()
 
     async def __aenter__(self) -> Self:
         try:

@@ -13,6 +13,12 @@ crashes ``launcher.max_crashes`` times within ``launcher.crash_window_s`` sets
 :attr:`Launcher.gave_up`, and its owner stops everything. A service that fails during
 the first start is a start failure: the context manager raises, nothing is retried.
 Leaving the context stops everything in reverse order: edges, chat, tool, nats.
+
+A benchmark can do more with one deployment: give slots config overrides of their
+own (two edges on one bus in different modes), leave planned slots stopped at the
+start (``deferred``) and start or stop them later, restart one slot on new
+overrides (the chat replica on another model) while the rest keep running, and
+admit a bus user of its own (a listener on the actors' done events).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bus.metrics_http import MetricsServer
-from bus.permissions import OBSERVER, REPLAY
+from bus.permissions import OBSERVER, REPLAY, Role
 from configs.loader import ENV_OVERRIDES
 from configs.schema import Config
 from launcher.errors import (
@@ -52,7 +58,7 @@ from launcher.identities import (
 )
 from launcher.nats import ClusterSpec, NatsServer
 from launcher.net import connect_host, free_port
-from launcher.plan import Plan, make_plan
+from launcher.plan import Plan, PlanError, SlotOverrides, make_plan, with_overrides
 from launcher.preflight import check_ports
 from launcher.restarts import RestartPolicy
 from launcher.services import (
@@ -99,6 +105,13 @@ class LaunchOptions:
             to measure the route hop); absent slots: their host's node.
         preflight: check every port of the plan before starting anything.
         seed: for the restart jitter (tests); None is random.
+        overrides: slot name -> config overrides of that slot alone
+            (:func:`~launcher.plan.with_overrides`); such a slot reads its own
+            ``config.<slot>.toml`` beside the run's ``config.toml``.
+        deferred: slots of the plan not started with the others; they have their
+            bus users, and :meth:`Launcher.start_slot` starts one later.
+        roles: bus users beside the plan's, for this run's own clients (a
+            benchmark's listener); :meth:`Launcher.credentials` has their passwords.
     """
 
     work_dir: Path = Path(".yap/run")
@@ -117,6 +130,9 @@ class LaunchOptions:
     first_node: Mapping[str, int] = field(default_factory=dict)
     preflight: bool = True
     seed: int | None = None
+    overrides: Mapping[str, SlotOverrides] = field(default_factory=dict)
+    deferred: frozenset[str] = frozenset()
+    roles: tuple[Role, ...] = ()
 
 
 class _Stopped(Exception):
@@ -163,8 +179,19 @@ class Launcher:
         logger: logging.Logger | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
-        self.plan: Plan = make_plan(config, start_nats=options.start_nats)
+        self.plan: Plan = make_plan(
+            config, start_nats=options.start_nats, overrides=options.overrides
+        )
+        slots = {slot.name for slot in (*self.plan.actors, *self.plan.edges)}
+        if not options.deferred <= slots:
+            raise PlanError(
+                f"deferred slots {', '.join(sorted(options.deferred - slots))} are not in the plan"
+            )
         self._config = config
+        # Each slot's overrides now: restart_slot() may change them.
+        self._overrides: dict[str, SlotOverrides] = {
+            name: values for name, values in options.overrides.items() if values
+        }
         self._options = options
         self._log = logger or logging.getLogger("launcher")
         self._on_change = on_change
@@ -181,7 +208,7 @@ class Launcher:
         self._nodes: list[NatsService] = []
         self._actors: list[ChildService] = []
         self._edges: list[ChildService] = []
-        self._supervisors: list[asyncio.Task[None]] = []
+        self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._started: list[Service] = []  # ready during startup: their exits abort it
         self._credentials: dict[str, BusCredentials] = {}
         self._heartbeats: Heartbeats | None = None
@@ -234,7 +261,17 @@ class Launcher:
     def edge_address(self, index: int = 0) -> tuple[str, int]:
         """(host, port) a local client dials to reach edge ``index``."""
         name = f"edge-{index}"
-        return self._address(name, self._config.edge.host), self._config.edge.port
+        edge = self.slot_config(name).edge
+        return self._address(name, edge.host), edge.port
+
+    def slot_config(self, name: str) -> Config:
+        """The config slot ``name`` runs with: the run's, with its own overrides."""
+        return with_overrides(self.effective_config, self._overrides.get(name, {}))
+
+    def _config_path(self, name: str) -> Path:
+        if name not in self._overrides:
+            return self.config_path
+        return self.config_path.with_name(f"config.{name}.toml")
 
     def request_stop(self) -> None:
         """Make a starting launcher stop what it started (``__aenter__`` returns early)."""
@@ -261,9 +298,9 @@ class Launcher:
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        for task in self._supervisors:
+        for task in self._supervisors.values():
             task.cancel()
-        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        await asyncio.gather(*self._supervisors.values(), return_exceptions=True)
         # Reverse order: nothing is left without what it talks to while it stops.
         for service in (*reversed(self._edges), *reversed(self._actors)):
             await self._stop_service(service)
@@ -298,7 +335,7 @@ class Launcher:
         if options.start_nats:
             # A locked-down bus: each process kind its own user and subjects, with
             # passwords made for this run only.
-            authorization, self._credentials = bus_authorization(identities(plan))
+            authorization, self._credentials = bus_authorization(identities(plan), options.roles)
         self._nodes = self._make_nodes(authorization)
         if self._nodes:
             urls = tuple(node.server.url for node in self._nodes)
@@ -313,6 +350,8 @@ class Launcher:
             )
             self.effective_config = msgspec.structs.replace(config, bus=bus)
         write_config(self.config_path, self.effective_config)
+        for name in self._overrides:
+            write_config(self._config_path(name), self.slot_config(name))
         if config.launcher.metrics_port:
             server = MetricsServer(
                 self.metrics.registry, config.launcher.metrics_host, config.launcher.metrics_port
@@ -350,17 +389,18 @@ class Launcher:
             for slot in plan.actors:  # one at a time; see the module docstring
                 actor = self._make_actor(slot.name, slot.kind, slot.env)
                 self._actors.append(actor)
-                await self._start_watched(actor, options.actor_ready_timeout_s)
+                if slot.name not in options.deferred:
+                    await self._start_watched(actor, options.actor_ready_timeout_s)
         if options.run_edges:
             for edge_slot in plan.edges:
                 edge = self._make_edge(edge_slot.name)
                 self._edges.append(edge)
-                await self._start_watched(edge, options.edge_ready_timeout_s)
+                if edge_slot.name not in options.deferred:
+                    await self._start_watched(edge, options.edge_ready_timeout_s)
         self._log.info("all services ready in %.1f s", loop.time() - began)
-        for service in (*self._actors, *self._edges):
-            self._supervisors.append(asyncio.create_task(self._supervise(service)))
-        for node in self._nodes:
-            self._supervisors.append(asyncio.create_task(self._supervise(node)))
+        for service in (*self._actors, *self._edges, *self._nodes):
+            if service.state == "ready":
+                self._supervisors[service.name] = asyncio.create_task(self._supervise(service))
 
     async def _start_watched(self, service: Service, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -374,6 +414,91 @@ class Launcher:
         self._log.info(
             "%s ready in %.1f s (pid %s)", service.name, loop.time() - began, service.pid
         )
+
+    # --- one slot at a time, while the rest keep running -----------------------------
+
+    async def start_slot(self, name: str) -> None:
+        """Start actor or edge slot ``name`` (deferred, or stopped by :meth:`stop_slot`)
+        and supervise it from then on; returns once it is ready.
+
+        Raises:
+            LauncherError: no such slot, it runs already, or its process exited or
+                was not ready within the role's timeout (it is left stopped).
+        """
+        service = self._child_slot(name)
+        if name in self._supervisors or service.running:
+            raise LauncherError(f"{name} is running already")
+        code = await self._restart(service)
+        if code is not None:
+            service.exited(describe_exit(code))
+            service.state = "failed"
+            self._changed()
+            raise ServiceExited(name, code)
+        self._log.info("%s ready (started on request, pid %s)", name, service.pid)
+        self._supervisors[name] = asyncio.create_task(self._supervise(service))
+
+    async def stop_slot(self, name: str) -> None:
+        """Stop slot ``name`` and leave it stopped (not a crash: nothing restarts it).
+
+        Raises:
+            LauncherError: no such actor or edge slot.
+        """
+        service = self._child_slot(name)
+        task = self._supervisors.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._stop_service(service)
+        self._log.info("%s stopped on request", name)
+
+    async def restart_slot(self, name: str, overrides: SlotOverrides | None = None) -> None:
+        """Stop slot ``name`` and start it again, with ``overrides`` merged into its own
+        from now on (a chat replica on another model); returns once it is ready.
+
+        Raises:
+            PlanError: the overrides do not make a valid config, or they move a GPU
+                share past what the GPU has.
+            LauncherError: as :meth:`start_slot`.
+        """
+        service = self._child_slot(name)
+        if overrides:
+            merged = dict(self._overrides.get(name, {}))
+            for section, values in overrides.items():
+                merged[section] = {**merged.get(section, {}), **values}
+            make_plan(
+                self._config,
+                start_nats=self._options.start_nats,
+                overrides={**self._overrides, name: merged},
+            )  # raises before anything is stopped
+            self._overrides[name] = merged
+            write_config(self._config_path(name), self.slot_config(name))
+        await self.stop_slot(name)
+        # The argv names the slot's config file, which it may have only now.
+        fresh = self._remake(service)
+        await self.start_slot(fresh.name)
+
+    def _child_slot(self, name: str) -> ChildService:
+        service = self.services.get(name)
+        if not isinstance(service, ChildService):
+            raise LauncherError(f"no actor or edge slot {name!r} in this run")
+        return service
+
+    def _remake(self, service: ChildService) -> ChildService:
+        """A new service object for ``service``'s slot, built from its current config."""
+        for group in (self._actors, self._edges):
+            for position, current in enumerate(group):
+                if current is service:
+                    if service.role == "actor":
+                        slot = next(a for a in self.plan.actors if a.name == service.name)
+                        fresh = self._make_actor(slot.name, slot.kind, slot.env)
+                    else:
+                        fresh = self._make_edge(service.name)
+                    fresh.restarts = service.restarts
+                    fresh.last_exit, fresh.last_exit_at = service.last_exit, service.last_exit_at
+                    fresh.state = service.state
+                    group[position] = fresh
+                    return fresh
+        raise LauncherError(f"{service.name} is not a slot of this run")
 
     async def _start(self, service: Service) -> None:
         service.state = "starting"
@@ -472,8 +597,9 @@ class Launcher:
             **process_env(identity, self._credentials.get(identity.id)),
         }
 
-    def _argv(self, *module_args: str) -> list[str]:
-        return [self._options.python, "-m", *module_args, "--config", str(self.config_path)]
+    def _argv(self, name: str, *module_args: str) -> list[str]:
+        config = str(self._config_path(name))
+        return [self._options.python, "-m", *module_args, "--config", config]
 
     def _log_path(self, name: str) -> Path | None:
         log_dir = self._options.log_dir
@@ -490,7 +616,7 @@ class Launcher:
             name,
             "actor",
             self._policy(),
-            argv=self._argv(self._options.actors_module, kind),
+            argv=self._argv(name, self._options.actors_module, kind),
             env=self._child_env(Identity("actor", name), extra),
             host=self._host(name),
             log_path=self._log_path(name),
@@ -501,8 +627,9 @@ class Launcher:
         )
 
     def _make_edge(self, name: str) -> ChildService:
-        address = self._address(name, self._config.edge.host)
-        port = self._config.edge.port
+        own = with_overrides(self._config, self._overrides.get(name, {})).edge
+        address = self._address(name, own.host)
+        port = own.port
 
         async def ready(child: Any) -> None:
             await edge_ready(child, address, port)
@@ -511,7 +638,7 @@ class Launcher:
             name,
             "edge",
             self._policy(),
-            argv=self._argv(self._options.edge_module),
+            argv=self._argv(name, self._options.edge_module),
             env=self._child_env(Identity("edge", name), {}),
             host=self._host(name),
             log_path=self._log_path(name),

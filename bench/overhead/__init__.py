@@ -1,7 +1,7 @@
 """Bus overhead benchmark: what the edge, NATS and the actor add to a token stream.
 
 ``python -m bench.overhead [--concurrency 1,16,64,256] [--tokens N] [--rate TOKS_PER_S]
-[--duration S] [--json out.json] [--plot out.png] [--profile DIR]``
+[--duration S] [--edges 1,2] [--json out.json] [--plot out.png] [--profile DIR]``
 
 Every piece is its own process on this host, started from a temp dir and stopped
 at the end:
@@ -43,7 +43,11 @@ one-way p99 stays under 5 ms, with no errors and at least 90% of the offered rat
 delivered (a side stops after failing two steps in a row); and one phase with
 ``deploy = "both"`` (tool actor too) at ``--both-concurrency`` sessions shows the
 tool hop. ``--profile DIR`` adds a bus phase with py-spy sampling the edge and the
-actor and writes where the time goes. Results: a table on stdout, ``--json``,
+actor and writes where the time goes. ``--edges 1,2`` runs the bus side's edge as
+that many processes on one port (``edge.processes``, ``SO_REUSEPORT``, started by the
+launcher): everything above with the first count, then the throughput ladder again,
+bus side only, with each further count, and the summary says what each delivered
+(CPU columns add up all edge processes). Results: a table on stdout, ``--json``,
 ``--plot``.
 
 The machine may be shared: before each phase the run waits (up to

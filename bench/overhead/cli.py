@@ -49,6 +49,13 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
         help="per-session tokens/s of the ladder's steps ('' skips the ladder)",
     )
     parser.add_argument("--both-concurrency", type=int, default=16, help="0 skips deploy=both")
+    parser.add_argument(
+        "--edges",
+        type=_ints,
+        default=(1,),
+        help="edge processes on one port (SO_REUSEPORT); the first count runs everything, "
+        "each further one (1,2) the throughput ladder again, bus side only",
+    )
     parser.add_argument("--log-level", default="INFO", help="edge and actor log level")
     parser.add_argument(
         "--compression",
@@ -85,6 +92,8 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
         parser.error("--duration, --tokens and --rate must be positive")
     if args.cancel_every and args.cancel_after >= args.tokens:
         parser.error("--cancel-after must be below --tokens")
+    if not args.edges or min(args.edges) < 1:
+        parser.error("--edges wants counts of at least 1, e.g. 1,2")
     settings = Settings(
         concurrency=args.concurrency,
         tokens=args.tokens,
@@ -106,6 +115,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
         retries=args.retries,
         quiet_wait_s=args.quiet_wait,
         recording=args.recording,
+        edges=args.edges,
     )
     return settings, args
 

@@ -325,7 +325,16 @@ async def run_benchmark(settings: Settings, out: TextIO) -> dict[str, Any]:
         workdir = Path(tmp)
         async with NatsServer(workdir / "nats") as nats:
             host = PhaseHost(nats.pid)
-            bus = BusSide(workdir, nats.url, settings.tokens, settings.rate, "chat", settings)
+            first_edges, *more_edges = settings.edges
+            bus = BusSide(
+                workdir,
+                nats.url,
+                settings.tokens,
+                settings.rate,
+                "chat",
+                settings,
+                edges=first_edges,
+            )
             direct = DirectSide(workdir, settings.tokens, settings.rate)
             async with bus, direct:
                 await _wait_quiet("ping", settings, host)
@@ -343,7 +352,25 @@ async def run_benchmark(settings: Settings, out: TextIO) -> dict[str, Any]:
                 report["profile"] = (
                     await profile_phase(bus, settings, host) if settings.profile_dir else None
                 )
-                report["throughput"] = await _ladder(bus, direct, settings, host, out)
+                report["throughput"] = await _ladder(
+                    {"bus": bus, "direct": direct}, settings, host, out
+                )
+            report["edge_ladders"] = []
+            for edges in more_edges:
+                # The same ladder on the bus side alone, with more edge processes on
+                # the port: what N edges deliver against the first count, in one run.
+                side = BusSide(
+                    workdir,
+                    nats.url,
+                    settings.tput_tokens,
+                    settings.tput_rates[0] if settings.tput_rates else settings.rate,
+                    "chat",
+                    settings,
+                    edges=edges,
+                )
+                async with side:
+                    ladder = await _ladder({"bus": side}, settings, host, out, edges=edges)
+                report["edge_ladders"].append({"edges": edges, **ladder})
             if settings.both_concurrency > 0:
                 both = BusSide(workdir, nats.url, settings.tokens, settings.rate, "both", settings)
                 async with both:
@@ -378,27 +405,33 @@ async def _recorded_messages(nats_url: str) -> int | None:
 
 
 async def _ladder(
-    bus: BusSide, direct: DirectSide, settings: Settings, host: PhaseHost, out: TextIO
+    sides: Mapping[Side, BenchSide],
+    settings: Settings,
+    host: PhaseHost,
+    out: TextIO,
+    *,
+    edges: int | None = None,
 ) -> dict[str, Any]:
     """Raise the per-session rate until each side fails the bound at two steps in a row.
 
     One failure does not end a side: at low load the p99 is set by a few tail
     events (a CPU waking from idle, a GC pause), so the next step may pass again.
     The side's figure is its best passing step; ``first_failure`` says where it
-    first failed.
+    first failed. ``edges`` labels a ladder of a bus side with that many edges.
     """
     steps: list[dict[str, Any]] = []
-    best: dict[str, float | None] = {"bus": None, "direct": None}
-    first_failure: dict[str, float | None] = {"bus": None, "direct": None}
-    failures: dict[str, int] = {"bus": 0, "direct": 0}
-    live: dict[Side, BenchSide] = {"bus": bus, "direct": direct}
+    best: dict[str, float | None] = dict.fromkeys(sides)
+    first_failure: dict[str, float | None] = dict.fromkeys(sides)
+    failures: dict[str, int] = dict.fromkeys(sides, 0)
+    live: dict[Side, BenchSide] = dict(sides)
+    tag = f"-e{edges}" if edges is not None else ""
     for rate in settings.tput_rates:
         step: dict[str, Any] = {"rate": rate, "offered": settings.tput_sessions * rate}
         for name, side in list(live.items()):
             await side.restart(settings.tput_tokens, rate)
             result = await run_phase(
                 side,
-                f"tput-{name}-r{rate:g}",
+                f"tput-{name}{tag}-r{rate:g}",
                 settings.tput_sessions,
                 settings,
                 host,
@@ -415,7 +448,7 @@ async def _ladder(
             if failures[name] >= LADDER_FAILURES:
                 del live[name]  # clearly past the bound: higher rates only get worse
         steps.append(step)
-        out.write(render_ladder_step(step))
+        out.write(render_ladder_step(step, edges))
         out.flush()
         if not live:
             break

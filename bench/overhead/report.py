@@ -63,9 +63,10 @@ def _p(dist: Mapping[str, float] | None, q: str, width: int) -> str:
 
 
 def _cpu(result: PhaseResult) -> str:
-    cpu = result.cpu_percent
+    """Per kind of process; "edge" is all edge processes together, "chat" all replicas."""
     names = ("edge", "chat", "nats", "direct", "client", "foreign", "steal")
-    return "/".join(f"{cpu[n]:.0f}" if n in cpu else "-" for n in names)
+    values = [result.cpu_of(name) for name in names]
+    return "/".join("-" if value is None else f"{value:.0f}" for value in values)
 
 
 def _us(result: PhaseResult) -> str:
@@ -105,8 +106,11 @@ def render_row(row: Mapping[str, Any]) -> str:
     )
 
 
-def render_ladder_step(step: Mapping[str, Any]) -> str:
-    lines = [f"throughput: {step['rate']:g} tokens/s x sessions = {step['offered']:g} offered"]
+def render_ladder_step(step: Mapping[str, Any], edges: int | None = None) -> str:
+    where = f", {edges} edge processes" if edges is not None else ""
+    lines = [
+        f"throughput{where}: {step['rate']:g} tokens/s x sessions = {step['offered']:g} offered"
+    ]
     for side in ("bus", "direct"):
         if side in step:
             lines.append(render_result(step[side]).rstrip("\n"))
@@ -125,6 +129,18 @@ def render_summary(report: Mapping[str, Any]) -> str:
         f"failed at {first['bus']} offered), direct {best['direct']} (first failed at "
         f"{first['direct']} offered)"
     )
+    edge_ladders = report.get("edge_ladders") or []
+    if edge_ladders:
+        first_edges = report.get("settings", {}).get("edges", (1,))[0]
+        parts = [f"{first_edges}: {best['bus']}"]
+        for ladder in edge_ladders:
+            value = ladder["max_tokens_per_s"]["bus"]
+            ratio = f" ({value / best['bus']:.2f}x)" if value and best["bus"] else ""
+            parts.append(f"{ladder['edges']}: {value}{ratio}")
+        lines.append(
+            f"bus max tokens/s with one-way p99 <= {P99_BOUND_MS:g} ms by edge processes: "
+            + "; ".join(parts)
+        )
     for target in report["targets"]:
         verdict = "met" if target["met"] else "MISSED"
         lines.append(
@@ -179,6 +195,16 @@ def plot_report(report: Mapping[str, Any], path: str) -> None:
         if points:
             xs, ys = zip(*points, strict=True)
             axis.plot(xs, ys, "-o", color=colors[side], label=f"{side} one-way p99")
+    for ladder in report.get("edge_ladders") or []:
+        points = [
+            (step["bus"].tokens_per_s, step["bus"].one_way_ms["p99"])
+            for step in ladder["steps"]
+            if "bus" in step and step["bus"].one_way_ms
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            label = f"bus, {ladder['edges']} edges, one-way p99"
+            axis.plot(xs, ys, "-^", color="#dd8452", label=label)
     axis.axhline(P99_BOUND_MS, color="gray", linestyle=":", label=f"{P99_BOUND_MS:g} ms")
     axis.set_xscale("log")
     axis.set_yscale("log")
@@ -204,10 +230,12 @@ def load_report(path: str) -> dict[str, Any]:
     for row in report["latency"]:
         for side in ("bus", "direct"):
             row[side] = msgspec.convert(row[side], PhaseResult)
-    for step in report["throughput"]["steps"]:
-        for side in ("bus", "direct"):
-            if side in step:
-                step[side] = msgspec.convert(step[side], PhaseResult)
+    ladders = [report["throughput"], *(report.get("edge_ladders") or [])]
+    for ladder in ladders:
+        for step in ladder["steps"]:
+            for side in ("bus", "direct"):
+                if side in step:
+                    step[side] = msgspec.convert(step[side], PhaseResult)
     return report
 
 

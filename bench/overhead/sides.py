@@ -133,7 +133,8 @@ class BenchSide:
 class BusSide(BenchSide):
     """nats-server is shared; this is the actor(s) and the edge, run by the launcher.
 
-    Two launchers: one for the edge, which keeps running (it is what is measured),
+    Two launchers: one for the edge processes (``edges`` of them on one port, as
+    ``edge.processes`` runs them), which keep running (they are what is measured),
     and one for the actors, replaced at each rate of the throughput ladder.
     """
 
@@ -147,9 +148,11 @@ class BusSide(BenchSide):
         rate: float,
         deploy: str,
         settings: Settings,
+        edges: int = 1,
     ) -> None:
         super().__init__(workdir, tokens, rate)
         self.deploy = deploy
+        self.edges = edges
         self._nats_url = nats_url
         self._log_level = settings.log_level
         self._flush_ms = settings.stream_flush_ms
@@ -170,8 +173,11 @@ class BusSide(BenchSide):
             # One replica of a kind stands for it; more are summed under their slots.
             for name, pid in self._actors.pids.items():
                 pids[name.split("-")[0] if name.endswith("-0") else name] = pid
-        if self._edge is not None and "edge-0" in self._edge.pids:
-            pids["edge"] = self._edge.pids["edge-0"]
+        if self._edge is not None:
+            # edge-0 is "edge"; more edges count under their slots (PhaseResult.cpu_of).
+            for name, pid in self._edge.pids.items():
+                if name.startswith("edge-"):
+                    pids["edge" if name == "edge-0" else name] = pid
         return pids
 
     def config(self) -> Config:
@@ -184,6 +190,9 @@ class BusSide(BenchSide):
                 "messages_per_minute": 0,
                 "cancels_per_minute": 0,
                 "stream_flush_ms": self._flush_ms,
+                "processes": self.edges,
+                # The edges' shared connection count, in this run's own directory.
+                "slots_path": str(self.workdir / f"edge-slots-{self.edges}"),
             },
             "bus": {"url": self._nats_url},
             "models": {"deploy": self.deploy},

@@ -107,9 +107,17 @@ class PhaseResult(msgspec.Struct, kw_only=True):
     def offered_tokens_per_s(self) -> float:
         return self.sessions * self.rate
 
+    def cpu_of(self, process: str) -> float | None:
+        """Percent of a core ``process`` used: all its processes (``edge``, ``edge-1``)."""
+        parts = [
+            v for k, v in self.cpu_percent.items() if k == process or k.startswith(f"{process}-")
+        ]
+        return sum(parts) if parts else None
+
     def cpu_us_per_token(self, process: str) -> float | None:
-        """CPU microseconds ``process`` spent per token delivered in the window."""
-        percent = self.cpu_percent.get(process)
+        """CPU microseconds ``process`` (all of its processes) spent per token delivered
+        in the window."""
+        percent = self.cpu_of(process)
         if percent is None or self.tokens_per_s <= 0:
             return None
         return round(percent / 100.0 / self.tokens_per_s * 1e6, 1)
@@ -151,3 +159,6 @@ class Settings:
     # The bus side's edge records every session to JetStream ([recording]): what
     # recording costs on the token path.
     recording: bool = False
+    # Edge processes on the bus side's port (SO_REUSEPORT, edge.processes): the
+    # first count runs everything; each further one runs the throughput ladder again.
+    edges: tuple[int, ...] = (1,)

@@ -19,6 +19,9 @@ if compgen -G ".whl/*.whl" >/dev/null && [[ ! -f $EXTRA/.yap-installed ]]; then
 fi
 export PYTHONPATH="$PWD:$EXTRA:$PYTHONPATH" PATH="$EXTRA/bin:$PATH"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+# NVLink multicast stays off (the device notes: it can take a shared host's GPUs out
+# of service); the image sets these, and every process the launcher starts keeps them.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export YAP_MODEL_CACHE=${YAP_MODEL_CACHE:-$HOME/.cache/yap-bus}
 export OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"

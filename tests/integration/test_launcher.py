@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ import pytest
 from bus import subjects
 from configs.loader import load_config
 from configs.schema import Config
+from launcher.errors import LauncherError
 from launcher.net import http_status
-from launcher.plan import with_cluster
+from launcher.plan import PlanError, with_cluster
 from launcher.preflight import PortInUse
 from launcher.process import ChildProcess
 from launcher.supervisor import Launcher, LaunchOptions, Supervisor
@@ -316,6 +318,69 @@ async def test_a_crashed_actor_is_restarted_and_the_rest_keep_serving(tmp_path: 
         assert not run.task.done()
     finally:
         assert await run.stop() == 0
+
+
+def _config_read_by(events: Path, name: str) -> dict[str, Any]:
+    """The TOML a fake slot was given as ``--config`` at its last start."""
+    return tomllib.loads(Path(read_env(events, name)["--config"]).read_text())
+
+
+async def test_slots_with_own_configs_started_stopped_and_restarted_on_request(
+    tmp_path: Path,
+) -> None:
+    """edge-1 reads its own config (its port, concurrent mode); deferred chat-1 starts
+    only when asked and stop_slot leaves it stopped; restart_slot runs chat-0 on a new
+    model while the others keep their processes, and supervises it as before."""
+    events = tmp_path / "events"
+    port0, port1 = free_port(), free_port()
+    env = fake_env(os.environ, events, YAP_EDGE_PORT=str(port0))
+    config = _config(tmp_path, env, actor={"chat_replicas": 2}, edge={"processes": 2})
+    edge1 = {"edge": {"port": port1}, "models": {"concurrent_model_call": True}}
+    options = _fake_options(tmp_path, deferred=frozenset({"chat-1"}), overrides={"edge-1": edge1})
+    async with Launcher(config, env, options) as launcher:
+        assert read_events(events) == [
+            "start tool-0",
+            "start chat-0",
+            "start edge-0",
+            "start edge-1",
+        ]
+        assert launcher.services["chat-1"].state == "pending"
+        assert launcher.edge_address(1)[1] == port1 != launcher.edge_address(0)[1]
+        assert await http_status("127.0.0.1", port1, "/healthz") == 200
+        own = _config_read_by(events, "edge-1")
+        assert own["models"]["concurrent_model_call"] is True and own["edge"]["port"] == port1
+        assert read_env(events, "edge-0")["--config"] == str(launcher.config_path)
+        assert read_env(events, "edge-1")["YAP_BUS_USER"] == "edge-1"
+
+        await launcher.start_slot("chat-1")
+        assert read_events(events)[-1] == "start chat-1"
+        assert launcher.services["chat-1"].state == "ready"
+        with pytest.raises(LauncherError, match="running already"):
+            await launcher.start_slot("chat-1")
+        await launcher.stop_slot("chat-1")
+        assert read_events(events)[-1] == "stop chat-1"
+
+        before = dict(launcher.pids)
+        with pytest.raises(PlanError, match="actor"):
+            await launcher.restart_slot("chat-0", {"actor": {"chat_replicas": 1}})
+        assert launcher.pids == before  # refused before anything stopped
+        await launcher.restart_slot("chat-0", {"chat": {"model": "another-model"}})
+        after = launcher.pids
+        assert after["chat-0"] != before["chat-0"]
+        assert {k: after[k] for k in ("tool-0", "edge-0", "edge-1")} == {
+            k: before[k] for k in ("tool-0", "edge-0", "edge-1")
+        }
+        chat0 = _config_read_by(events, "chat-0")
+        assert chat0["chat"]["model"] == "another-model"
+        assert launcher.slot_config("chat-0").chat.model == "another-model"
+        assert launcher.services["chat-0"].restarts == 0  # asked for, not a crash
+
+        chat = launcher.services["chat-0"]
+        await chat.kill()
+        await _until(lambda: chat.state == "ready" and chat.restarts == 1, "chat-0 back")
+        # Time has passed for a restart of chat-1 too; none came.
+        assert launcher.services["chat-1"].state == "stopped"
+        assert read_events(events).count("start chat-1") == 1
 
 
 async def test_gives_up_after_max_crashes_in_the_window(tmp_path: Path) -> None:

@@ -56,7 +56,9 @@ def _check_phase(phase: dict[str, Any], side: str) -> None:
 
 
 async def test_overhead_smoke(tmp_path: Path) -> None:
-    """Concurrency 1 and 4 for a second: a report with both sides and no negative numbers."""
+    """Concurrency 1 and 4 for a second: a report with both sides and no negative numbers;
+    with --edges 1,2 the throughput ladder runs again on two edge processes sharing the
+    port, and the summary compares the two counts."""
     out = tmp_path / "report.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
@@ -81,6 +83,8 @@ async def test_overhead_smoke(tmp_path: Path) -> None:
         "100",
         "--both-concurrency",
         "4",
+        "--edges",
+        "1,2",
         "--retries",
         "0",
         "--quiet-wait",
@@ -106,6 +110,18 @@ async def test_overhead_smoke(tmp_path: Path) -> None:
     _check_phase(step["bus"], "bus")
     _check_phase(step["direct"], "direct")
     _check_phase(report["both"], "bus")
+    assert report["settings"]["edges"] == [1, 2]
+    assert "edge-1" not in step["bus"]["cpu_percent"]
+    [two] = report["edge_ladders"]
+    assert two["edges"] == 2 and set(two["max_tokens_per_s"]) == {"bus"}
+    two_step = two["steps"][0]
+    assert "direct" not in two_step
+    _check_phase(two_step["bus"], "bus")
+    # Both edge processes are measured, each by its own pid.
+    assert {"edge", "edge-1"} <= set(two_step["bus"]["cpu_percent"])
+    text = output.decode(errors="replace")
+    assert "throughput, 2 edge processes:" in text
+    assert "by edge processes: 1: " in text and "; 2: " in text
     assert report["both"]["deploy"] == "both"
     assert {target["name"] for target in report["targets"]}
     assert report["conditions"]["cores"] >= 1

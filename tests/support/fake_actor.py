@@ -55,7 +55,7 @@ def main() -> int:
     config = load_config(args.config, os.environ)
     fake = FakeBehaviour(args.kind, dict(os.environ))
     fake.record("start")
-    fake.record_env(dict(os.environ))
+    fake.record_env(dict(os.environ), args.config)
     return asyncio.run(run(args.kind, config.bus, fake))
 
 

@@ -50,7 +50,7 @@ def main() -> int:
     config = load_config(args.config, os.environ)
     fake = FakeBehaviour("edge", dict(os.environ))
     fake.record("start")
-    fake.record_env(dict(os.environ))
+    fake.record_env(dict(os.environ), args.config)
     return asyncio.run(run(config.edge.host, config.edge.port, fake))
 
 

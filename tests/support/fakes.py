@@ -97,10 +97,13 @@ class FakeBehaviour:
             with Path(self._events).open("a") as events:
                 events.write(f"{what} {self.name}\n")
 
-    def record_env(self, environ: dict[str, str]) -> None:
-        """Save what the launcher set for this slot, for :func:`read_env`."""
+    def record_env(self, environ: dict[str, str], config: str | None = None) -> None:
+        """Save what the launcher set for this slot, for :func:`read_env`, and the
+        config file it was told to read (as ``--config``)."""
         if self._events:
             picked = {k: v for k, v in environ.items() if k.startswith(_SLOT_ENV)}
+            if config is not None:
+                picked["--config"] = config
             env_path(Path(self._events), self.name).write_text(json.dumps(picked))
 
     def ignore_sigterm_if_asked(self) -> bool:

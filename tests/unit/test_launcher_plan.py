@@ -10,6 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
+from bus import subjects
+from bus.permissions import Role
 from configs import Config, LauncherConfig, load_config
 from launcher.identities import Identity, bus_authorization, identities, process_env
 from launcher.plan import (
@@ -18,6 +20,7 @@ from launcher.plan import (
     make_plan,
     parse_replicas,
     with_cluster,
+    with_overrides,
     with_replicas,
 )
 from launcher.restarts import RestartPolicy
@@ -167,6 +170,66 @@ def test_with_replicas_keeps_lists_consistent() -> None:
         with_replicas(placed, {"chat": 3})
 
 
+# --- per-slot overrides ------------------------------------------------------------------
+
+
+def test_two_edges_of_one_bus_in_different_modes() -> None:
+    """edge-1 overridden onto its own port and concurrent mode: each edge slot knows its
+    port, both ports are claimed, and the rest of edge-1's config is the deployment's."""
+    base = config(edge={"processes": 2, "port": 8100})
+    overrides = {
+        "edge-1": {"edge": {"port": 8101}, "models": {"concurrent_model_call": True}},
+    }
+    plan = make_plan(base, overrides=overrides)
+    assert [(e.name, e.port) for e in plan.edges] == [("edge-0", 8100), ("edge-1", 8101)]
+    claims = {c.port: c for c in plan.ports if c.role == "edge"}
+    assert set(claims) == {8100, 8101}
+    assert "edge-1" in claims[8101].setting
+    own = with_overrides(base, plan.edges[1].overrides)
+    assert own.models.concurrent_model_call and not base.models.concurrent_model_call
+    assert own.edge.api_key == base.edge.api_key and own.edge.processes == 2
+
+
+def test_overrides_merge_nested_tables_key_by_key() -> None:
+    """A dotted section sets only its keys: ignore_eos on, the rest of sampling kept."""
+    base = config(chat={"sampling": {"temperature": 0.7}})
+    merged = with_overrides(base, {"chat.sampling": {"ignore_eos": True}, "chat": {"model": "m"}})
+    assert merged.chat.sampling.ignore_eos and merged.chat.sampling.temperature == 0.7
+    assert merged.chat.model == "m" and merged.tool == base.tool
+    assert with_overrides(base, {}) is base
+
+
+def test_overrides_that_cannot_apply_are_refused() -> None:
+    """A deployment-wide section, an unknown key, a wrong type or a slot the plan does
+    not have is a PlanError that names it."""
+    base = load_config()
+    with pytest.raises(PlanError, match=r"not \[actor\]"):
+        with_overrides(base, {"actor": {"chat_replicas": 2}})
+    with pytest.raises(PlanError, match="max_outs"):
+        with_overrides(base, {"chat": {"max_outs": 3}})
+    with pytest.raises(PlanError, match=r"edge\.port"):
+        with_overrides(base, {"edge": {"port": "high"}})
+    with pytest.raises(PlanError, match="chat-3"):
+        make_plan(base, overrides={"chat-3": {"chat": {"model": "m"}}})
+
+
+def test_a_replicas_own_gpu_frac_counts_in_the_shares() -> None:
+    """chat-1 at its own gpu_frac 0.35 beside chat-0 at 0.35 and the tool fits one GPU;
+    the same override at 0.75 does not, and says so before anything starts."""
+    base = config(
+        actor={"chat_replicas": 2, "chat_gpu_fracs": []},
+        chat={"backend": "vllm", "gpu_frac": 0.35},
+        tool={"backend": "vllm"},
+    )
+    fits = {"chat-1": {"chat": {"gpu_frac": 0.35}}}
+    assert gpu_shares(base, fits)["default"] == {"tool-0": 0.2, "chat-0": 0.35, "chat-1": 0.35}
+    with pytest.raises(PlanError, match=r"chat-1 0\.75"):
+        make_plan(base, overrides={"chat-1": {"chat": {"gpu_frac": 0.75}}})
+    # A replica moved onto the CPU engine claims no GPU at all.
+    cpu = {"chat-1": {"chat": {"backend": "transformers", "gpu_frac": 0.9}}}
+    assert set(gpu_shares(base, cpu)["default"]) == {"tool-0", "chat-0"}
+
+
 # --- restarts ---------------------------------------------------------------------------
 
 
@@ -253,3 +316,16 @@ def test_every_slot_gets_an_identity_and_credentials() -> None:
     assert credentials["replay"].user == "replay"
     assert process_env(Identity("edge", "edge-1"), None) == {"YAP_EDGE_ID": "edge-1"}
     assert bus_authorization(ids)[1]["chat-1"].password != credentials["chat-1"].password
+
+
+def test_extra_roles_get_users_beside_the_slots() -> None:
+    """A run's own listener is admitted with its own password and subjects; a user name
+    that a slot already has is refused."""
+    ids = identities(make_plan(load_config()))
+    tap = Role(user="bench-tap", publish=(), subscribe=(subjects.all_out("done"),))
+    authorization, credentials = bus_authorization(ids, [tap])
+    assert credentials["bench-tap"].user == "bench-tap"
+    assert credentials["bench-tap"].password in authorization
+    assert subjects.all_out("done") in authorization
+    with pytest.raises(ValueError, match="chat-0"):
+        bus_authorization(ids, [Role(user="chat-0", publish=(), subscribe=())])

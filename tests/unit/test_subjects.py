@@ -98,6 +98,15 @@ def test_edge_outbox_is_the_edges_own() -> None:
     assert all(nats_match(subjects.all_out(), _out("s", edge=e)) for e in ("e1", "e2"))
 
 
+def test_all_out_of_one_kind_is_that_kind_from_any_edge_and_actor() -> None:
+    """all_out("done") sees every edge's done events from every actor, and nothing else."""
+    done = subjects.all_out("done")
+    assert nats_match(done, _out("s1", "done", edge="e1", actor="chat-1"))
+    assert nats_match(done, _out("s2", "done", edge="e2", actor="tool-0"))
+    assert not nats_match(done, _out("s1", "token", edge="e1", actor="chat-1"))
+    assert all(nats_match(subjects.all_out(), _out("s1", "done", edge=e)) for e in ("e1", "e2"))
+
+
 def test_out_from_covers_only_the_actors_own_subjects() -> None:
     """An actor's publish permission matches its own outbound subjects on any edge only."""
     own = subjects.out_from("chat-0")
