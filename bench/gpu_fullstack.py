@@ -130,6 +130,8 @@ def _timings(result: TurnResult) -> dict[str, float | None]:
         "per_token": per_token,
         "cached": float(usage.get("cached_tokens", 0)),
         "prompt": float(usage.get("prompt_tokens", 0)),
+        # What the tool generated before its early stop took effect.
+        "tool_tokens": float(usage.get("tool_completion_tokens", 0)),
     }
 
 
@@ -323,6 +325,7 @@ async def scenario(
             for key in ("tool", "ttft", "first_sentence", "per_token"):
                 row[key] = summary_ms([t[key] for t in timings if t[key] is not None])
             row["cached_tokens_p50"] = _median([t["cached"] for t in timings])
+            row["tool_tokens_p50"] = _median([t["tool_tokens"] for t in timings])
             row["prompt_tokens_p50"] = _median([t["prompt"] for t in timings])
             ended = [r.frames[-1].at for r in results if r.ok and r.frames]
             burst_s = max(ended) - min(r.sent_at for r in results) if ended else 0.0
@@ -373,6 +376,10 @@ def system_config(
         data["chat"]["model"] = args.chat_model
     if args.chat_out:
         data["chat"]["max_out"] = args.chat_out
+    if args.tool_out:
+        # Random weights rarely say "[]" at once; capping the answer as bench.gpu_raw's
+        # "raw 2" rows do compares the same engine work on both sides.
+        data["tool"]["max_out"] = args.tool_out
     if args.chat_frac:
         data["chat"]["gpu_frac"] = args.chat_frac
     # Like bench.gpu_raw, every reply runs its full length whatever random weights
@@ -754,6 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--persona-tokens", type=int, default=900)
     parser.add_argument("--history-tokens", type=int, default=1500)
     parser.add_argument("--chat-out", type=int, default=0, help="chat.max_out (0: config's)")
+    parser.add_argument("--tool-out", type=int, default=0, help="tool.max_out (0: config's)")
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument(
         "--profile", metavar="DIR", help="py-spy the actors and edges during the main runs"

@@ -22,7 +22,7 @@
 # and config; profile/), and the log the device command tees.
 # Device call: carry [".kit", ".whl"]. Env: SESSIONS (1,16), EXTRA_CHAT_SHAPE (none,
 # e.g. mistral-nemo-12b), EXTRA_SESSIONS (16), TOOL_SHAPE (qwen2.5-1.5b), CHAT_SHAPE
-# (llama-3.1-8b), TURNS (3), THINK_S (0.5), RAW_TOOL_TOKENS (10,2), CHAT_FRAC (0.70;
+# (llama-3.1-8b), TURNS (3), THINK_S (0.5), RAW_TOOL_TOKENS (10,2), FULL_TOOL_TOKENS (2), CHAT_FRAC (0.70;
 # 0.35 with MULTIGPU_SMOKE), MULTIGPU_SMOKE (0), MULTIGPU_SESSIONS (16), OUT;
 # PROFILE=1 samples the actors and edges with py-spy during the main full-stack runs
 # (profile/ in system.tar.gz: raw samples and a by-area summary per slot).
@@ -39,6 +39,8 @@ CHAT_SHAPE=${CHAT_SHAPE:-llama-3.1-8b}
 TURNS=${TURNS:-3}
 THINK_S=${THINK_S:-0.5}
 RAW_TOOL_TOKENS=${RAW_TOOL_TOKENS:-10,2}
+# The full stack's tool answer cap, as raw's 2-token rows (0: the config's max_out).
+FULL_TOOL_TOKENS=${FULL_TOOL_TOKENS:-2}
 MULTIGPU_SMOKE=${MULTIGPU_SMOKE:-0}
 MULTIGPU_SESSIONS=${MULTIGPU_SESSIONS:-16}
 if [[ $MULTIGPU_SMOKE == 1 ]]; then CHAT_FRAC=${CHAT_FRAC:-0.35}; else CHAT_FRAC=${CHAT_FRAC:-0.70}; fi
@@ -68,7 +70,7 @@ else
     more+=(--chat-frac "$CHAT_FRAC")
 fi
 "$PYTHON" -m bench.gpu_fullstack --start-system "$config" --workdir "$WORK/system" \
-    --tool-model "$tool" --chat-model "$chat" "${common[@]}" "${more[@]}" \
+    --tool-model "$tool" --chat-model "$chat" --tool-out "$FULL_TOOL_TOKENS" "${common[@]}" "${more[@]}" \
     --out "$OUT/gpu_fullstack.json" || status=1
 
 stamp report
