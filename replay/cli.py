@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import importlib.util
 import io
 import json
 import os
@@ -129,6 +130,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error("--fanout must not be negative")
         if args.fanout and args.strict:
             parser.error("--strict compares one replay at a time; drop --fanout")
+        if args.plot and importlib.util.find_spec("matplotlib") is None:
+            parser.error("--plot needs matplotlib: pip install 'yap-bus[bench]'")
     if args.command == "export" and not args.sessions and not args.since:
         parser.error("export needs session ids or --since")
     return args

@@ -264,7 +264,10 @@ def _on_bus(event: Event, by_id: dict[str, RecordedTurn]) -> None:
     if event.direction == "in":
         turn.legs.setdefault(event.kind, event.at_ns)
         return
-    forwarded = turn.ended_ns is None  # what came after the turn ended reached no client
+    # What came after an interrupted turn ended reached no client. A completed turn's
+    # edge forwarded every token before its done, but the stream (its own clock, and
+    # storing a moment later) may date the last ones after the edge's end record.
+    forwarded = turn.ended_ns is None or turn.outcome == "completed"
     match event.kind:
         case "toolcall" if forwarded and turn.toolcall_status is None:
             turn.toolcall_status = str(payload.get("status"))

@@ -32,6 +32,8 @@ from tests.support.stack import API_KEY, make_config, read_turn, recv_json, run_
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDING = {"enabled": True}
+# _script cancels a long reply after a few tokens; at full speed it would be done first.
+PACED = {"bench_tokens_per_s": 100}
 
 
 async def _script(ws: ClientConnection, session_id: str) -> list[dict]:
@@ -74,7 +76,7 @@ async def test_recording_off_creates_no_stream(nats_server: NatsServer, nats_cli
 
 async def test_session_is_recorded(nats_server: NatsServer, nats_client) -> None:  # type: ignore[no-untyped-def]
     """Frames as received, decisions, turns and the settings snapshot all land in the stream."""
-    config = make_config(nats_server.url, recording=RECORDING)
+    config = make_config(nats_server.url, recording=RECORDING, chat=PACED)
     async with run_stack(config) as stack, stack.client() as ws:
         acks = await _script(ws, "rec-1")
     session = await recorded_session(nats_client, "rec-1", turns=3)
@@ -255,7 +257,7 @@ async def test_bus_roles_on_a_locked_bus(tmp_path: Path) -> None:
 
 async def test_export_import_round_trip(tmp_path: Path, nats_server: NatsServer) -> None:
     """Export, import into a server with live actors, export again: same file, no turn ran."""
-    config = make_config(nats_server.url, recording=RECORDING)
+    config = make_config(nats_server.url, recording=RECORDING, chat=PACED)
     async with run_stack(config) as stack, stack.client() as ws:
         await _script(ws, "exp-1")
     client = await nats.connect(nats_server.url)
@@ -289,7 +291,7 @@ async def test_export_import_round_trip(tmp_path: Path, nats_server: NatsServer)
 
 async def test_replay_against_the_stack(tmp_path: Path, nats_server: NatsServer) -> None:
     """A strict replay of a recorded session matches turn for turn; a fanout reports percentiles."""
-    config = make_config(nats_server.url, recording=RECORDING)
+    config = make_config(nats_server.url, recording=RECORDING, chat=PACED)
     async with run_stack(config) as stack:
         async with stack.client() as ws:
             await _script(ws, "rp-1")

@@ -162,3 +162,7 @@ def events(items: list[tuple[float, str, Any]] | None = None) -> list[Event]:
 
 def session() -> Session:
     return Session.of(SID, events())
+
+
+def session_of(items: list[tuple[float, str, Any]]) -> Session:
+    return Session.of(SID, events(items))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 
 import pytest
 
@@ -54,3 +55,14 @@ def test_defaults() -> None:
     args = parse_args(["replay", "sid", "--url", "ws://h:1/ws"])
     assert (args.speed, args.asap, args.fanout, args.no_restore) == (1.0, False, 0, False)
     assert args.sources == ["sid"]
+
+
+def test_plot_without_matplotlib_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--plot is refused before any replay runs when matplotlib is not installed."""
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["replay", "s", "--fanout", "2", "--plot", "out.png"])
+    assert raised.value.code == 2
+    assert "pip install 'yap-bus[bench]'" in capsys.readouterr().err

@@ -24,6 +24,14 @@ def test_tokens_after_the_end_never_count() -> None:
     assert turn.text == "Once upon "
 
 
+def test_a_completed_turn_keeps_tokens_stored_after_its_end() -> None:
+    """The stream may date a completed turn's last token after the edge's end record:
+    it reached the client before the done, so it is part of the text."""
+    items = [*recorded.script(), *recorded.tokens(31.5, "t1", [" Bye."])]
+    turn = build_timeline(recorded.session_of(items)).turns[0]
+    assert turn.normalized_text == "Hello world. Bye."
+
+
 def test_interrupts_are_anchored_to_the_turn() -> None:
     """The cancel and the barge-in carry the reply length and decision when they came."""
     timeline = build_timeline(recorded.session())
