@@ -429,6 +429,8 @@ class ActorService:
             ready=self._ready,
             draining=self._draining,
             instance=self.instance,
+            limit=self._config.max_running,
+            turns=len(self._turns),
         )
         try:
             await self._nc.publish(

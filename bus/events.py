@@ -178,6 +178,11 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     ready: bool = True
     draining: bool = False
     instance: str = ""  # fresh for every process start of this actor id
+    # Admission load: the turns the actor holds against its ``max_running`` (warms
+    # count in ``running`` but never fill it). 0 for ``limit``: an older actor that
+    # does not say, never taken as full.
+    limit: int = 0
+    turns: int = 0
 
 
 class EdgeStats(msgspec.Struct, frozen=True, kw_only=True, array_like=True):

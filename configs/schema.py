@@ -50,6 +50,14 @@ class EdgeConfig(_Base):
     event_timeout_s: float = 30.0
     turn_timeout_s: float = 120.0
     actor_lost_after_s: float = 1.5
+    # How a chat leg finds its actor: "affine" keeps a session on the chat actor that
+    # holds its prefix cache while it lives and has room, else the least-loaded one;
+    # "queue" lets the NATS queue group pick (docs/benchmarks.md compares them).
+    chat_routing: Literal["affine", "queue"] = "affine"
+    # A leg that finds every actor of its kind at max_running waits, at most this many
+    # per kind and this long, for one to have room; then server_at_capacity.
+    admission_queue: int = 64
+    admission_timeout_s: float = 2.0
     # Length caps applied before anything is tokenized.
     max_utterance_chars: int = 16_000
     max_history_chars: int = 256_000
@@ -89,6 +97,8 @@ class EdgeConfig(_Base):
             raise ValueError("edge.port must be in 0..65535 (0 picks a free port)")
         if self.processes < 1:
             raise ValueError("edge.processes must be at least 1")
+        if self.admission_queue < 0 or self.admission_timeout_s < 0:
+            raise ValueError("edge.admission_queue and edge.admission_timeout_s must be >= 0")
         if not 1 <= self.session_replicas <= 5:
             raise ValueError("edge.session_replicas must be in 1..5 (JetStream's limit)")
         if not 0 <= self.server_history_max_chars <= self.max_history_chars:

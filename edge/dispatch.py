@@ -15,6 +15,7 @@ task: one task wake per connection per engine step.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from nats.aio.client import Client as NatsClient
@@ -23,7 +24,7 @@ from nats.aio.subscription import Subscription
 
 from bus import subjects
 from bus.codec import BusDecodeError, Codec
-from bus.events import OutboundEvent
+from bus.events import ActorKind, Done, OutboundEvent
 from edge.metrics import EdgeMetrics
 
 __all__ = ["EventDispatcher", "EventSink"]
@@ -41,9 +42,17 @@ class EventSink(Protocol):
 
 class EventDispatcher:
     def __init__(
-        self, codec: Codec, metrics: EdgeMetrics, log: logging.Logger | logging.LoggerAdapter
+        self,
+        codec: Codec,
+        metrics: EdgeMetrics,
+        log: logging.Logger | logging.LoggerAdapter,
+        *,
+        on_done: Callable[[str, ActorKind], None] | None = None,
     ) -> None:
         self._codec = codec
+        # Told of every leg's Done (the sender's id, the leg's kind): its actor has
+        # room again, which admission wants to know before the next heartbeat.
+        self._on_done = on_done
         self._metrics = metrics
         self._log = log
         # Usually one connection per session; a reconnecting client may briefly
@@ -99,6 +108,8 @@ class EventDispatcher:
             return
         if event.session_id != session_id:
             return  # the subject and the event disagree: trust neither
+        if isinstance(event, Done) and self._on_done is not None:
+            self._on_done(sender, event.kind)
         for sink in tuple(sinks):
             self._touched[sink] = None
             await sink.on_bus_event(sender, event)

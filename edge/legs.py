@@ -1,8 +1,10 @@
 """The edge's client for actor requests: start a leg, warm a prefix, cancel a turn.
 
-It builds the requests, routes a session's chat requests to the actor that holds
-its prefix cache while that actor lives (and falls back to the queue group), and
-maps every way a request can fail to an error code, in one place:
+It places each leg by capacity (``edge.routing``: the session's own chat actor,
+which holds its prefix cache, while it lives and has room, else the least-loaded
+live one), holds legs that find every actor full in a bounded queue
+(``edge.admission``), and maps every way a request can fail to an error code, in
+one place:
 
 ==================================  ==============================================
 what happened                       code
@@ -10,19 +12,32 @@ what happened                       code
 bus down (not connected, closed)    ``bus_unavailable``
 no actor of the kind subscribed     ``no_actor_available`` (NATS "no responders")
 no answer within the start timeout  ``no_actor_available``: nothing accepted the leg
-the actor refused (``Rejected``)    the actor's code (``actor_busy``...), if known
+every actor full past the deadline  ``server_at_capacity`` (or the queue is full)
+the actor refused (``Rejected``)    the actor's code (``actor_draining``...), if known
 an unreadable or unexpected reply   ``actor_error``
 ==================================  ==============================================
 
 The rule behind the timeout row: before an actor has accepted a leg, every failure
 that is not the bus's own is "no actor available"; once one has, the turn's
 deadlines (``turn_timeout``) and the actor's heartbeats (``actor_lost``) take over.
-A warm follows the same rule.
+A warm follows the same rule. An actor's ``actor_busy`` refusal (its heartbeat was
+stale, or another edge took the room) never reaches the client: the leg is placed
+again, within the same admission deadline.
+
+A chat leg placed on an actor goes to that actor's own subject (``chat_start_at``),
+home or not: the queue group would pick a replica at random, maybe the full one,
+and the edge's count of what it placed where would be wrong. If that actor is gone
+("no responders"), the queue group gets it. With ``edge.chat_routing = "queue"``
+every chat leg goes to the queue group (placement still decides admission) and no
+session has a home. Tool legs always go to the queue group: no tool actor holds a
+session's cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
@@ -33,10 +48,22 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from bus import codes, subjects
 from bus.codec import BusDecodeError, Codec
-from bus.events import Accepted, ActorKind, Cancel, ChatStart, Rejected, ToolStart, Warm, Warmed
+from bus.events import (
+    Accepted,
+    ActorKind,
+    Cancel,
+    ChatStart,
+    Heartbeat,
+    Rejected,
+    ToolStart,
+    Warm,
+    Warmed,
+)
+from edge.admission import Admission
 from edge.messages import StartMessage
 from edge.recorder import Recorder
 from edge.registry import ActorRegistry
+from edge.routing import AllFull, LoadBook, Placement, ToActor, pick
 from edge.sessions import SessionSettings
 
 __all__ = ["LegClient", "LegRefused"]
@@ -62,6 +89,9 @@ class LegClient:
         warm_timeout_s: float,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
         recorder: Recorder | None = None,
+        admission: Admission | None = None,
+        affine: bool = True,
+        rng: random.Random | None = None,
     ) -> None:
         self._nc = nc
         self._codec = codec
@@ -71,15 +101,20 @@ class LegClient:
         self._warm_timeout_s = warm_timeout_s
         self._log = log
         self._recorder = recorder or Recorder.off()
+        self.admission = admission or Admission(max_waiting=64, wait_s=2.0)
+        self._affine = affine
+        self._rng = rng or random.Random()
+        self._book = LoadBook()
 
     @property
     def connected(self) -> bool:
         return self._nc.is_connected
 
     def home(self, settings: SessionSettings | None) -> str | None:
-        """The live chat actor that holds the session's prefixes, if any."""
+        """The live chat actor that holds the session's prefixes, if any (never, when
+        routing by queue group)."""
         actor = settings.chat_actor if settings is not None else None
-        if actor is None:
+        if actor is None or not self._affine:
             return None
         live = {s.heartbeat.actor_id for s in self._registry.live("chat")}
         return actor if actor in live else None
@@ -95,7 +130,6 @@ class LegClient:
     ) -> Accepted | LegRefused:
         """Ask an actor of ``kind`` to run its leg of the turn; who accepted, or why none."""
         event: ToolStart | ChatStart
-        direct: str | None = None
         if kind == "tool":
             shared = subjects.tool_start(session_id)
             event = ToolStart(
@@ -107,8 +141,6 @@ class LegClient:
             )
         else:
             shared = subjects.chat_start(session_id)
-            if (home := self.home(settings)) is not None:
-                direct = subjects.chat_start_at(session_id, home)
             event = ChatStart(
                 session_id,
                 turn_id,
@@ -119,13 +151,67 @@ class LegClient:
                 edge_id=self.edge_id,
             )
         self._recorder.leg_started(kind, event)
-        reply = await self._request(kind, direct, shared, event, self._start_timeout_s)
-        match reply:
-            case LegRefused() | Accepted():
-                return reply
-            case Rejected(code=code, message=text):
-                return _refused(code, text)
-        return LegRefused(codes.ACTOR_ERROR, f"unexpected reply to a {kind} start")
+        home = self.home(settings) if kind == "chat" else None
+        deadline = asyncio.get_running_loop().time() + self.admission.wait_s
+        blind_refusal = False
+        while True:
+            placement = await self.admission.admit(
+                kind,
+                lambda: self._place(kind, home),
+                lambda p: self._unplace(kind, p),
+                deadline,
+                wait=blind_refusal,
+            )
+            if isinstance(placement, AllFull):
+                return LegRefused(
+                    codes.SERVER_AT_CAPACITY, f"every {kind} actor is busy; please retry shortly"
+                )
+            placed = placement.actor_id if isinstance(placement, ToActor) else None
+            direct = None
+            if placed is not None and kind == "chat" and self._affine:
+                direct = subjects.chat_start_at(session_id, placed)
+            reply = await self._request(kind, direct, shared, event, self._start_timeout_s)
+            match reply:
+                case Accepted(actor_id=actor_id):
+                    if actor_id != placed:  # the queue group chose, or the placed one was gone
+                        self._unplace(kind, placement)
+                        self._book.placed(actor_id)
+                    return reply
+                case Rejected(code=codes.ACTOR_BUSY, actor_id=actor_id):
+                    self._unplace(kind, placement)
+                    self._book.refused(actor_id)
+                    blind_refusal = placed is None
+                    self._log.debug("%s actor %s was full; placing the leg again", kind, actor_id)
+                    continue
+            self._unplace(kind, placement)
+            match reply:
+                case LegRefused():
+                    return reply
+                case Rejected(code=code, message=text):
+                    return _refused(code, text)
+            return LegRefused(codes.ACTOR_ERROR, f"unexpected reply to a {kind} start")
+
+    def heard(self, heartbeat: Heartbeat) -> None:
+        """An actor's heartbeat (after the registry's): its load is known afresh."""
+        self._book.heard(heartbeat.actor_id)
+        self.admission.wake(heartbeat.kind)
+
+    def leg_ended(self, actor_id: str, kind: ActorKind) -> None:
+        """A leg's ``Done`` from ``actor_id``: a place there is free again."""
+        self._book.ended(actor_id)
+        self.admission.wake(kind)
+
+    def _place(self, kind: ActorKind, home: str | None) -> Placement:
+        loads = self._book.loads(s.heartbeat for s in self._registry.live(kind))
+        placement = pick(loads, home, self._rng)
+        if isinstance(placement, ToActor):
+            self._book.placed(placement.actor_id)
+        return placement
+
+    def _unplace(self, kind: ActorKind, placement: Placement) -> None:
+        if isinstance(placement, ToActor):
+            self._book.ended(placement.actor_id)
+            self.admission.wake(kind)
 
     async def warm(self, event: Warm, home: str | None) -> Warmed | LegRefused:
         """Prime a chat actor's prefix cache (the session's own actor while it lives)."""

@@ -39,6 +39,7 @@ from bus.permissions import SESSIONS_KV
 from bus.stats import percentile
 from configs.schema import Config
 from edge import frames
+from edge.admission import Admission
 from edge.auth import AuthThrottle, client_address, is_authorized, parse_networks
 from edge.capacity import ConnectionSlots, open_slots
 from edge.connection import ClientConnection
@@ -126,9 +127,21 @@ class EdgeServer:
             connections=lambda: len(self.connections),
             actors_alive=lambda kind: len(registry.live(kind)),  # type: ignore[arg-type]
         )
-        dispatcher = EventDispatcher(codec, metrics, self._log)
         recorder = self._recorder = Recorder(config, nc, self.edge_id, self._log)
         await recorder.start()
+        legs = LegClient(
+            nc,
+            codec,
+            registry,
+            edge_id=self.edge_id,
+            start_timeout_s=edge.start_timeout_s,
+            warm_timeout_s=max(edge.event_timeout_s, 1.0),
+            log=self._log,
+            recorder=recorder,
+            admission=Admission(max_waiting=edge.admission_queue, wait_s=edge.admission_timeout_s),
+            affine=edge.chat_routing == "affine",
+        )
+        dispatcher = EventDispatcher(codec, metrics, self._log, on_done=legs.leg_ended)
         self._context = EdgeContext(
             config=config,
             encoder=FrameEncoder(),
@@ -140,16 +153,7 @@ class EdgeServer:
                 )
             ),
             sessions=await self._session_store(nc),
-            legs=LegClient(
-                nc,
-                codec,
-                registry,
-                edge_id=self.edge_id,
-                start_timeout_s=edge.start_timeout_s,
-                warm_timeout_s=max(edge.event_timeout_s, 1.0),
-                log=self._log,
-                recorder=recorder,
-            ),
+            legs=legs,
             dispatcher=dispatcher,
             metrics=metrics,
             stats=self.stats,
@@ -435,7 +439,9 @@ class EdgeServer:
         except BusDecodeError as exc:
             self._log.warning("dropped malformed heartbeat: %s", exc)
             return
-        if self.registry.observe(heartbeat):
+        restarted = self.registry.observe(heartbeat)
+        self.context.legs.heard(heartbeat)
+        if restarted:
             # The actor restarted: the legs its old instance accepted are gone now,
             # not when its silence would have been noticed.
             self._log.warning(

@@ -73,6 +73,7 @@ REPLIES = [
 HEARTBEATS = [
     Heartbeat(actor_id="a1", kind="tool", interval_s=0.25),
     Heartbeat(actor_id="a2", kind="chat", interval_s=1.5, running=3, ready=False, draining=True),
+    Heartbeat(actor_id="a3", kind="chat", interval_s=0.25, running=2, limit=4, turns=1),
 ]
 
 
@@ -169,10 +170,17 @@ def test_extra_trailing_fields_are_ignored(codec: Codec) -> None:
 
 def test_heartbeat_extra_trailing_fields_are_ignored(codec: Codec) -> None:
     """An untagged heartbeat with extra trailing items decodes to the known fields."""
-    data = msgspec.msgpack.encode(["a1", "tool", 0.5, 2, True, False, "", "future"])
+    data = msgspec.msgpack.encode(["a1", "tool", 0.5, 2, True, False, "", 4, 1, "future"])
     assert codec.decode_heartbeat(data) == Heartbeat(
-        actor_id="a1", kind="tool", interval_s=0.5, running=2
+        actor_id="a1", kind="tool", interval_s=0.5, running=2, limit=4, turns=1
     )
+
+
+def test_heartbeat_without_load_decodes_as_unlimited(codec: Codec) -> None:
+    """An older actor's heartbeat, without limit and turns, decodes with limit 0 (unknown)."""
+    data = msgspec.msgpack.encode(["a1", "chat", 0.5, 2, True, False, "i1"])
+    beat = codec.decode_heartbeat(data)
+    assert (beat.limit, beat.turns, beat.instance) == (0, 0, "i1")
 
 
 @pytest.mark.parametrize(
