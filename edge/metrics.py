@@ -17,7 +17,12 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 
 
 
 class EdgeMetrics:
-    def __init__(self, connections: Callable[[], int], actors_alive: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        connections: Callable[[], int],
+        actors_alive: Callable[[str], int],
+        waiting: Callable[[str], int] = lambda kind: 0,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         Gauge("yap_edge_connections", "Open WebSocket connections", registry=r).set_function(
@@ -26,6 +31,14 @@ class EdgeMetrics:
         alive = Gauge("yap_edge_actors_alive", "Actors heard from recently", ["kind"], registry=r)
         for kind in ("tool", "chat"):
             alive.labels(kind).set_function(lambda kind=kind: actors_alive(kind))
+        queued = Gauge(
+            "yap_edge_admission_waiting",
+            "Legs waiting for an actor with room (every actor of the kind full)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("tool", "chat"):
+            queued.labels(kind).set_function(lambda kind=kind: waiting(kind))
         self.turns = Counter("yap_edge_turns", "Turns by outcome", ["outcome"], registry=r)
         self.ttft = Histogram(
             "yap_edge_ttft_seconds",

@@ -123,9 +123,11 @@ class EdgeServer:
         )
         codec = Codec()
         registry = self.registry
+        admission = Admission(max_waiting=edge.admission_queue, wait_s=edge.admission_timeout_s)
         metrics = EdgeMetrics(
             connections=lambda: len(self.connections),
             actors_alive=lambda kind: len(registry.live(kind)),  # type: ignore[arg-type]
+            waiting=lambda kind: admission.waiting(kind),  # type: ignore[arg-type]
         )
         recorder = self._recorder = Recorder(config, nc, self.edge_id, self._log)
         await recorder.start()
@@ -138,7 +140,7 @@ class EdgeServer:
             warm_timeout_s=max(edge.event_timeout_s, 1.0),
             log=self._log,
             recorder=recorder,
-            admission=Admission(max_waiting=edge.admission_queue, wait_s=edge.admission_timeout_s),
+            admission=admission,
             affine=edge.chat_routing == "affine",
         )
         dispatcher = EventDispatcher(codec, metrics, self._log, on_done=legs.leg_ended)
