@@ -158,7 +158,12 @@ async def test_a_turn_waits_for_a_full_actor_and_is_served_once_it_frees(nats_se
 async def test_the_queue_bound_and_deadline_answer_server_at_capacity(nats_server) -> None:
     """Past the queue's bound a turn gets server_at_capacity and done at once; a queued
     turn gets them at its deadline; neither hangs, and neither ever ran."""
-    config = _config(nats_server.url, edge={"admission_queue": 1, "admission_timeout_s": 2.0})
+    # alpha's reply (8 s) outlasts the deadline, so room never appears in time.
+    config = _config(
+        nats_server.url,
+        edge={"admission_queue": 1, "admission_timeout_s": 2.0},
+        chat={"max_out": 400},
+    )
     async with (
         run_stack(config) as stack,
         stack.client() as a,
