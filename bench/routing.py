@@ -48,7 +48,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.overhead.cpu import machine_ticks
-from bus.loop import loop_factory
+from bench.running import run_report
 from clients.metrics import summarize
 from configs.schema import Config
 from launcher.net import free_port
@@ -316,12 +316,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings, args = parse_args(sys.argv[1:] if argv is None else argv)
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        report = runner.run(run(settings))
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(msgspec.to_builtins(report), indent=1) + "\n", encoding="utf-8"
-        )
+    run_report(run(settings), args.json)
 
 
 if __name__ == "__main__":
