@@ -88,8 +88,8 @@ class LegClient:
         start_timeout_s: float,
         warm_timeout_s: float,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        admission: Admission,
         recorder: Recorder | None = None,
-        admission: Admission | None = None,
         affine: bool = True,
         rng: random.Random | None = None,
     ) -> None:
@@ -101,7 +101,7 @@ class LegClient:
         self._warm_timeout_s = warm_timeout_s
         self._log = log
         self._recorder = recorder or Recorder.off()
-        self.admission = admission or Admission(max_waiting=64, wait_s=2.0)
+        self.admission = admission
         self._affine = affine
         self._rng = rng or random.Random()
         self._book = LoadBook()
