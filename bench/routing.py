@@ -47,7 +47,7 @@ from typing import Any, Final, Literal
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.overhead.cpu import machine_ticks
+from bench.overhead.cpu import cpu_model, machine_ticks
 from bench.running import run_report
 from clients.metrics import summarize
 from configs.schema import Config
@@ -232,18 +232,10 @@ async def _measure(url: str, settings: Settings, mode: str) -> ModeResult:
     )
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 async def run(settings: Settings, out: Any = sys.stdout) -> dict[str, Any]:
     report: dict[str, Any] = {
         "conditions": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "model": f"{MODEL} (transformers, CPU)",

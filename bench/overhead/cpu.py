@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["cpu_percent", "cpu_snapshot", "machine_ticks", "proc_ticks"]
+__all__ = ["cpu_model", "cpu_percent", "cpu_snapshot", "machine_ticks", "proc_ticks"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``; "unknown" where there is none."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def proc_ticks(pid: int) -> int | None:

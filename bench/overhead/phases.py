@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 from websockets.asyncio.client import connect
 
-from bench.overhead.cpu import cpu_percent, cpu_snapshot
+from bench.overhead.cpu import cpu_model, cpu_percent, cpu_snapshot
 from bench.overhead.profile import render_profile, summarize_profile
 from bench.overhead.report import (
     render_conditions,
@@ -264,12 +264,6 @@ async def profile_phase(side: BusSide, settings: Settings, host: PhaseHost) -> d
 
 # What a sample's leaf frame spends the time on, first match wins: (function, path
 def conditions(settings: Settings) -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     try:
         import uvloop
 
@@ -281,7 +275,7 @@ def conditions(settings: Settings) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         load = Path("/proc/loadavg").read_text().split()[:3]
     return {
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "loop": loop,
