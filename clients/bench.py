@@ -68,6 +68,7 @@ __all__ = [
     "IterationOutcome",
     "ProgressBar",
     "amain",
+    "check_plot",
     "main",
     "parse_args",
     "plot_report",
@@ -453,6 +454,12 @@ def render_json(report: BenchReport) -> str:
     return json.dumps(report.as_dict(), ensure_ascii=False)
 
 
+def check_plot(parser: argparse.ArgumentParser, path: str | None) -> None:
+    """Refuse ``--plot`` at parse time, before any turn runs, without matplotlib."""
+    if path and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib: pip install 'yap-bus[bench]'")
+
+
 def plot_report(report: BenchReport, path: str) -> None:
     """Draw one histogram per metric with its p50/p95/p99 marked, saved to ``path``."""
     import matplotlib
@@ -542,8 +549,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> BenchConfig:
     args = parser.parse_args(list(argv))
     if args.turns_per_connection is not None and args.mode != "persistent":
         parser.error("--turns-per-connection needs --mode persistent")
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        parser.error("--plot needs matplotlib: pip install 'yap-bus[bench]'")
+    check_plot(parser, args.plot)
     try:
         return BenchConfig(
             url=args.url,

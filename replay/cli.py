@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import importlib.util
 import io
 import json
 import os
@@ -31,7 +30,14 @@ from typing import Any, Final, TextIO
 import msgspec
 
 from bus.loop import loop_factory
-from clients.bench import BenchConfig, BenchReport, IterationOutcome, ProgressBar, plot_report
+from clients.bench import (
+    BenchConfig,
+    BenchReport,
+    IterationOutcome,
+    ProgressBar,
+    check_plot,
+    plot_report,
+)
 from clients.bench import render_text as render_bench
 from clients.turn import BargeInOutcome, TurnResult
 from replay.compare import SessionReport, Thresholds, compare, render_report, summary_line
@@ -130,8 +136,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error("--fanout must not be negative")
         if args.fanout and args.strict:
             parser.error("--strict compares one replay at a time; drop --fanout")
-        if args.plot and importlib.util.find_spec("matplotlib") is None:
-            parser.error("--plot needs matplotlib: pip install 'yap-bus[bench]'")
+        check_plot(parser, args.plot)
     if args.command == "export" and not args.sessions and not args.since:
         parser.error("export needs session ids or --since")
     return args
