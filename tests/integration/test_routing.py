@@ -68,6 +68,15 @@ async def _queued(stack: Stack, count: int = 1) -> None:
             await admission.joined.wait()
 
 
+async def _alpha_runs_bravo_waits(stack: Stack, a: ClientConnection, b: ClientConnection) -> None:
+    """alpha's long turn fills the only chat actor; bravo's turn is acked and waits."""
+    await a.send(start_message("sa", "alpha [[long]]"))
+    await _until_first_token(a)
+    await b.send(start_message("sb", "bravo"))
+    assert (await recv_json(b))["type"] == "ack"
+    await _queued(stack)
+
+
 async def _heard(registry: ActorRegistry, ok: Callable[[ActorRegistry], bool]) -> None:
     """Wait for heartbeats until ``ok`` holds."""
     async with asyncio.timeout(5.0):
@@ -137,11 +146,7 @@ async def test_a_turn_waits_for_a_full_actor_and_is_served_once_it_frees(nats_se
     actor_busy) and streams once the first turn ends."""
     config = _config(nats_server.url)
     async with run_stack(config) as stack, stack.client() as a, stack.client() as b:
-        await a.send(start_message("sa", "alpha [[long]]"))
-        await _until_first_token(a)
-        await b.send(start_message("sb", "bravo"))
-        assert (await recv_json(b))["type"] == "ack"
-        await _queued(stack)
+        await _alpha_runs_bravo_waits(stack, a, b)
         exposed = generate_latest(stack.edge.context.metrics.registry).decode()
         assert 'yap_edge_admission_waiting{kind="chat"} 1.0' in exposed
         first = await read_turn(a)
@@ -196,11 +201,7 @@ async def test_cancelling_a_queued_turn_takes_it_out_of_the_queue(nats_server) -
     turn is not started: it left the queue."""
     config = _config(nats_server.url, edge={"admission_timeout_s": 30.0})
     async with run_stack(config) as stack, stack.client() as a, stack.client() as b:
-        await a.send(start_message("sa", "alpha [[long]]"))
-        await _until_first_token(a)
-        await b.send(start_message("sb", "bravo"))
-        assert (await recv_json(b))["type"] == "ack"
-        await _queued(stack)
+        await _alpha_runs_bravo_waits(stack, a, b)
         await b.send('{"type": "cancel"}')
         assert await recv_json(b) == {"type": "done", "cancelled": True}
         await a.send('{"type": "cancel"}')  # room: a leg still queued would start now
