@@ -290,11 +290,10 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--model-cache-dir", default="~/.cache/yap-bus")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
     args = parser.parse_args(list(argv))
-    if (
-        min(args.sessions, args.turns, args.tokens) < 1
-        or min(args.history_lines, args.think_ms) < 0
-    ):
+    if min(args.sessions, args.turns, args.tokens) < 1:
         parser.error("--sessions, --turns and --tokens must be positive")
+    if min(args.history_lines, args.think_ms) < 0:
+        parser.error("--history-lines and --think-ms must not be negative")
     settings = Settings(
         sessions=args.sessions,
         turns=args.turns,
