@@ -99,10 +99,12 @@ class ChatWorker:
         sampling = sampling_spec(config.sampling, config.max_out, event.seed)
         last: EngineOutput | None = None
         reply: list[str] = []
+        emit.clock.submit()
         try:
             async for output in self._engine.generate(
                 prompt_ids, sampling, rid, priority=config.priority
             ):
+                emit.clock.output(output)
                 last = output
                 if output.text:
                     reply.append(output.text)

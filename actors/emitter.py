@@ -17,18 +17,61 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
+from actors.engines.base import EngineOutput, EngineStamps
 from bus import subjects
 from bus.codec import Codec
-from bus.events import ActorKind, Done, DoneReason, Error, Token, ToolCall, ToolCallSpec
+from bus.events import (
+    ActorKind,
+    Done,
+    DoneReason,
+    Error,
+    LegTiming,
+    Token,
+    ToolCall,
+    ToolCallSpec,
+)
 
-__all__ = ["Spawn", "TurnEmitter"]
+__all__ = ["LegClock", "Spawn", "TurnEmitter"]
 
 # Runs a coroutine in the owner's TaskGroup (the actor service's background tasks).
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@dataclass(slots=True)
+class LegClock:
+    """One leg's stamps as they happen (``time.monotonic()``), sent in its ``Done``."""
+
+    received: float = 0.0
+    submitted: float = 0.0
+    first_output: float = 0.0
+    engine: EngineStamps | None = None
+
+    def submit(self) -> None:
+        """The prompt goes to the engine now."""
+        self.submitted = time.monotonic()
+
+    def output(self, output: EngineOutput) -> None:
+        """An engine output arrived; the first one is stamped, with the engine's stamps."""
+        if not self.first_output:
+            self.first_output = time.monotonic()
+            self.engine = output.stamps
+
+    def timing(self, first_event: float | None) -> LegTiming:
+        engine = self.engine or EngineStamps()
+        return LegTiming(
+            received=self.received,
+            submitted=self.submitted,
+            queued=engine.queued,
+            scheduled=engine.scheduled,
+            first_token=engine.first_token,
+            first_output=self.first_output,
+            first_event=first_event or 0.0,
+        )
 
 
 class TurnEmitter:
@@ -50,6 +93,7 @@ class TurnEmitter:
         edge_id: str,
         actor_id: str,
         spawn: Spawn | None = None,
+        received: float = 0.0,
     ) -> None:
         self._nc = nc
         self._encode = codec.encode
@@ -68,6 +112,7 @@ class TurnEmitter:
         self.tokens_sent = 0  # deltas, merged or not
         self.token_events = 0  # Token events published
         self.first_event_at: float | None = None  # the leg's first toolcall or token
+        self.clock = LegClock(received=received)
 
     def _next(self) -> int:
         self._seq += 1
@@ -116,6 +161,7 @@ class TurnEmitter:
             prompt_tokens,
             completion_tokens,
             cached_tokens,
+            self.clock.timing(self.first_event_at),
         )
         await self._nc.publish(self._done_subject, self._encode(event))
 

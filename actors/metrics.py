@@ -6,9 +6,13 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bus.events import LegTiming
+
 __all__ = ["ActorMetrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A stage of the wait for the first event is often well under a millisecond.
+_STAGE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class ActorMetrics:
@@ -32,6 +36,13 @@ class ActorMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         ).labels(**labels)
+        self._stages = Histogram(
+            "yap_actor_stage_seconds",
+            "A leg's wait for its first event, by stage (bus.events.LEG_STAGES, engine)",
+            ["kind", "stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter(
             "yap_actor_token_events", "Token events published", ["kind"], registry=r
         ).labels(**labels)
@@ -43,3 +54,7 @@ class ActorMetrics:
             "yap_actor_bus_dropped", "Bus messages dropped as malformed", ["kind"], registry=r
         ).labels(**labels)
         self.kind = kind
+
+    def observe_stages(self, timing: LegTiming) -> None:
+        for stage, seconds in timing.stages().items():
+            self._stages.labels(self.kind, stage).observe(seconds)

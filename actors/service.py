@@ -221,6 +221,7 @@ class ActorService:
     # --- handlers -------------------------------------------------------------
 
     async def _on_start(self, msg: Msg) -> None:
+        received = time.monotonic()
         try:
             event = self._codec.decode_inbound(msg.data)
         except BusDecodeError as exc:
@@ -282,6 +283,7 @@ class ActorService:
             edge_id=event.edge_id,
             actor_id=self.actor_id,
             spawn=self._spawn,
+            received=received,
         )
         if event.turn_id in self._tombstones:
             # Its cancel overtook it on the bus: end it without touching the engine.
@@ -355,6 +357,7 @@ class ActorService:
             self.metrics.deltas.inc(emit.tokens_sent)
             if emit.first_event_at is not None:
                 self.metrics.first_output.observe(emit.first_event_at - started)
+                self.metrics.observe_stages(emit.clock.timing(emit.first_event_at))
             self._turns.pop(event.turn_id, None)
 
     async def _on_cancel(self, msg: Msg) -> None:

@@ -11,11 +11,12 @@ that event, in concurrent mode it releases the held chat tokens on it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from actors.emitter import TurnEmitter
-from actors.engines.base import Engine, EngineOutput, sampling_spec
+from actors.engines.base import Engine, EngineOutput, EngineRequestError, sampling_spec
 from actors.prompts.hammer import TAKE_SCREENSHOT_TOOL, ToolPrompts
 from actors.prompts.toolparse import ToolDecider, ToolDecision
 from actors.prompts.units import UnitEncoder, prompt_pool
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 __all__ = ["ToolWorker"]
 
 _TOOLS = (TAKE_SCREENSHOT_TOOL,)
+_WARM_HISTORY = "User: hi\nAssistant: Hi! How can I help?"
+_WARM_UTTERANCE = "what's on my screen?"
+
+_log = logging.getLogger(__name__)
 
 
 class ToolWorker:
@@ -41,9 +46,19 @@ class ToolWorker:
         self._prompts: ToolPrompts | None = None
 
     async def open(self, spawn: Spawn | None = None) -> None:
-        """Build the prompt encoder; the engine is started."""
+        """Build the prompt encoder and warm the engine with one turn's prompt; the
+        engine is started."""
         self._pool = prompt_pool("tool")
         self._prompts = self._new_prompts(self._pool)
+        # The first request after a start pays one-off costs (on an H200 the first
+        # decision took 90 ms against ~25 ms after it, docs/benchmarks-gpu.md): a warm
+        # request pays them here, and leaves the head every prompt shares (instruction,
+        # tools, format) in the prefix cache.
+        ids = await self._prompts.turn(user_utterance=_WARM_UTTERANCE, history_text=_WARM_HISTORY)
+        try:
+            await self._engine.warm(ids)
+        except EngineRequestError as exc:
+            _log.warning("tool warm-up failed; the first turn pays for it: %s", exc)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -69,10 +84,12 @@ class ToolWorker:
         decider = ToolDecider(_TOOLS)
         decision: ToolDecision | None = None
         last: EngineOutput | None = None
+        emit.clock.submit()
         try:
             async for output in self._engine.generate(
                 prompt_ids, self._sampling, rid, priority=config.priority
             ):
+                emit.clock.output(output)
                 last = output
                 if decision is not None:
                     continue  # draining the stream after an early stop

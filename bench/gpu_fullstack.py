@@ -70,12 +70,14 @@ from bench.gpu_raw import (
     device_name,
     history_of,
     int_list,
+    spreads_ms,
+    stages_p50_ms,
     summary_ms,
     text_of_tokens,
 )
 from bus import subjects
 from bus.codec import BusDecodeError, Codec
-from bus.events import Done
+from bus.events import ActorKind, Done, LegTiming
 from bus.history import append_turn
 from bus.permissions import Role
 from clients.turn import FrameStream, TurnResult, open_stream, run_turn
@@ -145,11 +147,12 @@ def _median(values: Sequence[float]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """The chat leg of one turn, as its actor reported it when it ended."""
+    """One leg of one turn, as its actor reported it when it ended."""
 
     actor_id: str
     prompt_tokens: int
     cached_tokens: int
+    timing: LegTiming | None = None
 
 
 class DoneTap:
@@ -157,7 +160,8 @@ class DoneTap:
 
     The outbound subject names the sending actor, so a chat leg's done event says
     which replica served that turn; the client learns the turn id from the ``ack``.
-    Only done events are received (one per leg), not the token stream.
+    Only done events are received (one per leg), not the token stream; each carries
+    its leg's stamps (``LegTiming``).
 
     Args:
         urls, user, password: the bus and this listener's own user on it.
@@ -169,8 +173,8 @@ class DoneTap:
         self._password = password
         self._codec = Codec()
         self._client: Client | None = None
-        self._served: dict[tuple[str, str], Served] = {}
-        self._waiting: dict[tuple[str, str], asyncio.Future[Served]] = {}
+        self._served: dict[tuple[str, str, str], Served] = {}
+        self._waiting: dict[tuple[str, str, str], asyncio.Future[Served]] = {}
 
     @staticmethod
     def role() -> Role:
@@ -204,18 +208,20 @@ class DoneTap:
             event = self._codec.decode_outbound(msg.data)
         except BusDecodeError:
             return
-        if not isinstance(event, Done) or event.kind != "chat":
+        if not isinstance(event, Done):
             return
-        key = (event.session_id, event.turn_id)
-        served = Served(parsed[1], event.prompt_tokens, event.cached_tokens)
+        key = (event.session_id, event.turn_id, event.kind)
+        served = Served(parsed[1], event.prompt_tokens, event.cached_tokens, event.timing)
         self._served[key] = served
         waiter = self._waiting.pop(key, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(served)
 
-    async def served(self, session_id: str, turn_id: str, within: float) -> Served | None:
-        """The chat leg of ``turn_id``, waiting up to ``within`` s for its done event."""
-        key = (session_id, turn_id)
+    async def served(
+        self, session_id: str, turn_id: str, within: float, kind: ActorKind = "chat"
+    ) -> Served | None:
+        """The ``kind`` leg of ``turn_id``, waiting up to ``within`` s for its done event."""
+        key = (session_id, turn_id, kind)
         if key in self._served:
             return self._served.pop(key)
         waiter = self._waiting.setdefault(key, asyncio.get_running_loop().create_future())
@@ -334,6 +340,21 @@ async def scenario(
                 served = await asyncio.gather(
                     *(_served_by(tap, ids[i], r) for i, r in enumerate(results))
                 )
+                tools = await asyncio.gather(
+                    *(_served_by(tap, ids[i], r, "tool") for i, r in enumerate(results))
+                )
+                for kind, legs_of, frame in (
+                    ("tool", tools, "toolcall"),
+                    ("chat", served, "token"),
+                ):
+                    stages = [
+                        leg_stages(r, leg, frame) for r, leg in zip(results, legs_of, strict=True)
+                    ]
+                    row[f"{kind}_stages_ms"] = stages_p50_ms([s for s in stages if s is not None])
+                    timings = [leg.timing for leg in legs_of if leg is not None and leg.timing]
+                    row[f"{kind}_spread_ms"] = spreads_ms(timings)
+                sent = [r.sent_at for r in results]
+                row["sent_spread_ms"] = round((max(sent) - min(sent)) * 1e3, 2)
                 legs = [leg for leg in served if leg is not None]
                 row["replicas"] = _replica_stats(legs)
                 row["unmatched"] = sum(
@@ -353,11 +374,32 @@ async def scenario(
     return rows
 
 
-async def _served_by(tap: DoneTap, session_id: str, result: TurnResult) -> Served | None:
+async def _served_by(
+    tap: DoneTap, session_id: str, result: TurnResult, kind: ActorKind = "chat"
+) -> Served | None:
     turn_id = (result.ack or {}).get("turn_id")
     if not result.ok or not isinstance(turn_id, str):
         return None
-    return await tap.served(session_id, turn_id, TAP_WAIT_S)
+    return await tap.served(session_id, turn_id, TAP_WAIT_S, kind)
+
+
+def leg_stages(result: TurnResult, leg: Served | None, frame: str) -> dict[str, float] | None:
+    """Where one leg's wait went, seconds by stage: the actor's stamps
+    (``LegTiming.stages``), with the hops on either side from the client's clock:
+    ``inbound`` (client send to the actor's handler: WebSocket, edge, NATS) and
+    ``outbound`` (the actor's first event to the client's first ``frame``: NATS,
+    edge, WebSocket; for a concurrent turn's chat, the edge's hold for the decision).
+    The client and the actors share one host's monotonic clock."""
+    timing = leg.timing if leg is not None else None
+    if timing is None:
+        return None
+    stages = timing.stages()
+    if timing.received:
+        stages["inbound"] = timing.received - result.sent_at
+    arrived = next((f.at for f in result.frames if f.type == frame), None)
+    if arrived is not None and timing.first_event:
+        stages["outbound"] = arrived - timing.first_event
+    return stages
 
 
 # -- running the system ------------------------------------------------------------------

@@ -45,14 +45,15 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from actors.engines.base import Engine, SamplingSpec, sampling_spec
+from actors.engines.base import Engine, EngineStamps, SamplingSpec, sampling_spec
 from actors.prompts.chat import ChatPrompts
 from actors.prompts.hammer import ToolPrompts
 from actors.prompts.units import UnitEncoder
+from bus.events import LegTiming
 from bus.history import Role, append_message, append_turn
 from bus.stats import percentile
 from configs.schema import ChatConfig, EngineBackend, SamplingConfig, ToolConfig
@@ -62,6 +63,9 @@ __all__ = [
     "Workload",
     "history_of",
     "main",
+    "raw_leg",
+    "spreads_ms",
+    "stages_p50_ms",
     "summary_ms",
     "text_of_tokens",
     "words",
@@ -96,9 +100,11 @@ class Workload:
 
 @dataclasses.dataclass(kw_only=True)
 class Timing:
-    """One request's clock readings (``time.perf_counter`` seconds)."""
+    """One request's clock readings (``time.monotonic`` seconds, the engine's clock)."""
 
     submit: float
+    first_output: float = 0.0  # the engine's first output, text or not
+    stamps: EngineStamps | None = None  # the engine's, from that output
     first: float = 0.0
     last: float = 0.0
     tokens: int = 0
@@ -139,6 +145,43 @@ def history_of(tokenizer: Any, rng: random.Random, tokens: int) -> str:
     return history
 
 
+def raw_leg(timing: Timing) -> LegTiming:
+    """A raw request's stamps as a leg's: its prompt was built before the clock."""
+    engine = timing.stamps or EngineStamps()
+    return LegTiming(
+        received=timing.submit,
+        submitted=timing.submit,
+        queued=engine.queued,
+        scheduled=engine.scheduled,
+        first_token=engine.first_token,
+        first_output=timing.first_output,
+        first_event=timing.first,
+    )
+
+
+def stages_p50_ms(legs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per stage (``LegTiming.stages`` and any extra keys), its p50 over the legs, ms."""
+    by_stage: dict[str, list[float]] = {}
+    for stages in legs:
+        for name, seconds in stages.items():
+            by_stage.setdefault(name, []).append(seconds)
+    return {name: round(percentile(v, 50) * 1e3, 2) for name, v in by_stage.items()}
+
+
+SPREAD_STAMPS = ("received", "submitted", "queued", "scheduled", "first_token")
+
+
+def spreads_ms(legs: Sequence[LegTiming]) -> dict[str, float]:
+    """How far apart a burst's legs reached each stamp (last minus first, ms): a burst
+    that reaches the engine spread out is scheduled over more steps."""
+    spreads = {}
+    for name in SPREAD_STAMPS:
+        stamps = [getattr(leg, name) for leg in legs if getattr(leg, name)]
+        if stamps:
+            spreads[name] = round((max(stamps) - min(stamps)) * 1e3, 2)
+    return spreads
+
+
 def summary_ms(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {"p50": float("nan"), "p95": float("nan"), "mean": float("nan"), "n": 0}
@@ -163,11 +206,13 @@ class Bench:
     async def request(
         self, engine: Engine, prompt_ids: list[int], spec: SamplingSpec, request_id: str
     ) -> Timing:
-        timing = Timing(submit=time.perf_counter(), prompt_tokens=len(prompt_ids))
+        timing = Timing(submit=time.monotonic(), prompt_tokens=len(prompt_ids))
         previous = 0.0
         pieces: list[str] = []
         async for out in engine.generate(prompt_ids, spec, request_id):
-            now = time.perf_counter()
+            now = time.monotonic()
+            if not timing.first_output:
+                timing.first_output, timing.stamps = now, out.stamps
             new = out.completion_tokens - timing.tokens
             if new <= 0 or not out.text:
                 timing.tokens = max(timing.tokens, out.completion_tokens)
@@ -193,7 +238,7 @@ class Bench:
         )
         tool_spec = SamplingSpec(max_tokens=tool_tokens, ignore_eos=True)
         chat_spec = sampling_spec(CHAT_SAMPLING, self.workload.chat_out)
-        start = time.perf_counter()
+        start = time.monotonic()
         if mode == "sequential":
             tool = await self.request(self.tool, tool_ids, tool_spec, f"{rid}-tool")
             chat = await self.request(self.chat, chat_ids, chat_spec, f"{rid}-chat")
@@ -251,6 +296,12 @@ class Bench:
             "tool_tokens": tool_tokens,
             "turn": turn,
             "tool_ms": summary_ms([t.last - t.submit for t in tools]),
+            # The full stack decides at the first token that settles it, often the first.
+            "tool_first_ms": summary_ms([t.first - t.submit for t in tools]),
+            "tool_stages_ms": stages_p50_ms([raw_leg(t).stages() for t in tools]),
+            "tool_spread_ms": spreads_ms([raw_leg(t) for t in tools]),
+            "chat_stages_ms": stages_p50_ms([raw_leg(c).stages() for c in chats]),
+            "chat_spread_ms": spreads_ms([raw_leg(c) for c in chats]),
             "chat_ttft_ms": summary_ms([c.first - c.submit for c in chats]),
             "turn_ttft_ms": summary_ms([r["chat"].first - r["start"] for r in records]),
             "tpot_ms": summary_ms(

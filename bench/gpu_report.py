@@ -93,10 +93,55 @@ def report(raw: dict[str, Any], full: list[dict[str, Any]]) -> str:
             if key[2] == 16 and key[1] == "concurrent":
                 checks.append(_check(f"{where}: TTFT = {_fmt(ttft)} ms", ttft <= WARM_TARGET_MS))
     lines += ["", "Targets (turn 2):", *checks]
+    lines += ["", *_stage_table(full, raw_rows, default_model)]
     failed = [r for r in full if r.get("failed")]
     if failed:
         lines += ["", f"{len(failed)} full-stack rows had failed turns, e.g. {failed[0]['failed']}"]
     return "\n".join(lines)
+
+
+STAGES = ("inbound", "prompt", "intake", "wait", "prefill", "return", "first_event", "outbound")
+
+
+def _stage_table(
+    full: Sequence[dict[str, Any]],
+    raw_rows: dict[tuple[Key, int], dict[str, Any]],
+    default_model: str,
+) -> list[str]:
+    """Each leg's wait for its first event by stage, raw 2 beside the full stack."""
+    lines = [
+        "Where each leg's wait for its first event went, p50 ms per stage (bus.events."
+        "LegTiming; inbound / outbound: the client's clock to the actor's and back; raw "
+        "has no hops and builds its prompt before its clock). first = to the leg's first "
+        "event (tool: the decision, raw's its first token; chat: the turn TTFT). "
+        "spread = last minus first leg of the burst at the engine's intake (queued) and "
+        "first step (scheduled).",
+        "",
+        "| mode | sessions | turn | leg | side | "
+        + " | ".join(STAGES)
+        + " | first | spread queued / scheduled |",
+        "|---|---:|---:|---|---|" + "---:|" * (len(STAGES) + 2),
+    ]
+    for row in full:
+        if "tool_stages_ms" not in row:
+            continue
+        key = (row.get("chat_model", default_model), row["mode"], row["sessions"], row["turn"])
+        raw2 = raw_rows.get((key, 2))
+        for leg in ("tool", "chat"):
+            sides = [("full", row, _p50(row.get("tool" if leg == "tool" else "ttft")))]
+            if raw2 and f"{leg}_stages_ms" in raw2:
+                first = raw2["tool_first_ms"] if leg == "tool" else raw2["turn_ttft_ms"]
+                sides.insert(0, ("raw 2", raw2, _p50(first)))
+            for side, source, first_ms in sides:
+                stages = source.get(f"{leg}_stages_ms") or {}
+                spread = source.get(f"{leg}_spread_ms") or {}
+                cells = " | ".join(_fmt(float(stages.get(name, math.nan))) for name in STAGES)
+                lines.append(
+                    f"| {key[1]} | {key[2]} | {key[3]} | {leg} | {side} | {cells} | "
+                    f"{_fmt(first_ms)} | {_fmt(float(spread.get('queued', math.nan)))} / "
+                    f"{_fmt(float(spread.get('scheduled', math.nan)))} |"
+                )
+    return lines
 
 
 def _check(text: str, ok: bool) -> str:

@@ -9,11 +9,12 @@ an older reader ignores extra trailing items, a newer one fills missing ones.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
 __all__ = [
+    "LEG_STAGES",
     "Accepted",
     "ActorKind",
     "Cancel",
@@ -25,6 +26,7 @@ __all__ = [
     "Event",
     "Heartbeat",
     "InboundEvent",
+    "LegTiming",
     "OutboundEvent",
     "Persona",
     "Rejected",
@@ -134,6 +136,53 @@ class Token(Event, tag="token", gc=False):
     text: str
 
 
+class LegTiming(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """Where one leg's wait for its first event went, stamped in the actor's process.
+
+    ``time.monotonic()`` seconds: comparable between processes of one Linux host (the
+    engine core's stamps included), not between hosts. 0.0 where the leg never got
+    there (cancelled first, say) or the engine keeps no stamps.
+    """
+
+    received: float = 0.0  # the start reached the actor's handler
+    submitted: float = 0.0  # its prompt went to the engine
+    queued: float = 0.0  # the engine took the request in
+    scheduled: float = 0.0  # an engine step first ran it
+    first_token: float = 0.0  # the engine step that made its first token ended
+    first_output: float = 0.0  # the actor read the engine's first output
+    first_event: float = 0.0  # the leg's first toolcall or token was published
+
+    def stages(self) -> dict[str, float]:
+        """Seconds between consecutive stamps, by the stage they end (``LEG_STAGES``),
+        and ``engine``, submitted to first output (the stages from ``intake`` to
+        ``return``, for an engine that keeps no stamps too); a stage with either end
+        unset is left out."""
+        stamps = (
+            self.received,
+            self.submitted,
+            self.queued,
+            self.scheduled,
+            self.first_token,
+            self.first_output,
+            self.first_event,
+        )
+        stages = {
+            name: end - begin
+            for name, begin, end in zip(LEG_STAGES, stamps, stamps[1:], strict=False)
+            if begin and end
+        }
+        if self.submitted and self.first_output:
+            stages["engine"] = self.first_output - self.submitted
+        return stages
+
+
+# What each stage of ``LegTiming.stages`` holds: prompt building; the engine's intake
+# (input processing, the hop to its core); waiting for a step; the step(s) up to the
+# first token; the hop back to the actor; the worker's first event (for the tool, the
+# tokens its decision still needed).
+LEG_STAGES: Final = ("prompt", "intake", "wait", "prefill", "return", "first_event")
+
+
 class Done(Event, tag="done"):
     """The last event of one actor's part of a turn, whatever happened."""
 
@@ -143,6 +192,7 @@ class Done(Event, tag="done"):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    timing: LegTiming | None = None
 
 
 class Error(Event, tag="error"):

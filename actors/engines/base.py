@@ -25,6 +25,7 @@ __all__ = [
     "EngineError",
     "EngineOutput",
     "EngineRequestError",
+    "EngineStamps",
     "FinishReason",
     "SamplingSpec",
     "Tokenizer",
@@ -73,10 +74,23 @@ def sampling_spec(config: SamplingConfig, max_tokens: int, seed: int | None = No
     )
 
 
+class EngineStamps(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Where a request's wait before its first token went, inside the engine.
+
+    ``time.monotonic()`` seconds, which every process on the host shares (vLLM's
+    engine core stamps in its own process); 0.0 where the engine does not say.
+    """
+
+    queued: float = 0.0  # the engine took the request in
+    scheduled: float = 0.0  # a step first ran it
+    first_token: float = 0.0  # the step that made its first token ended
+
+
 class EngineOutput(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One step of a request: the new text since the last output.
 
-    Token counts are cumulative; ``finish_reason`` is set on the last output only.
+    Token counts are cumulative; ``finish_reason`` is set on the last output only;
+    ``stamps`` on the first output only, by engines that keep them.
     """
 
     text: str
@@ -84,6 +98,7 @@ class EngineOutput(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    stamps: EngineStamps | None = None
 
     @property
     def finished(self) -> bool:

@@ -12,9 +12,10 @@ check what the actors handed over.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 
-from actors.engines.base import EngineOutput, EngineRequestError, SamplingSpec
+from actors.engines.base import EngineOutput, EngineRequestError, EngineStamps, SamplingSpec
 from actors.engines.inflight import InFlight
 from configs.schema import EngineConfig
 
@@ -94,6 +95,7 @@ class FakeEngine:
         self.prompt_ids.append(list(prompt_ids))
         pieces = self._script(prompt, sampling)
         prompt_tokens = len(prompt_ids)
+        queued = time.monotonic()
         try:
             for count, piece in enumerate(pieces[: sampling.max_tokens], start=1):
                 if self._step_s:
@@ -117,6 +119,11 @@ class FakeEngine:
                     finish_reason=reason,
                     prompt_tokens=prompt_tokens,
                     completion_tokens=count,
+                    stamps=EngineStamps(
+                        queued=queued, scheduled=queued, first_token=time.monotonic()
+                    )
+                    if count == 1
+                    else None,
                 )
         except asyncio.CancelledError:
             if not aborted.is_set():  # an abort() before the cancellation counted already

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -36,6 +37,7 @@ from actors.engines.base import (
     EngineError,
     EngineOutput,
     EngineRequestError,
+    EngineStamps,
     FinishReason,
     SamplingSpec,
 )
@@ -247,16 +249,28 @@ class TransformersEngine:
         if not prompt_ids:
             raise EngineRequestError("prompt is empty")
         _check_length(state, len(prompt_ids), sampling.max_tokens)
+        queued = time.monotonic()
         seq, cached = await self._step(self._open_sequence, state, prompt_ids, sampling, False)
+        # The executor reached the request: it runs from here, one step at a time.
+        scheduled = time.monotonic()
         completion = 0
+        stamps_due = True  # the first output carries them
 
         def output(text: str, reason: FinishReason | None = None) -> EngineOutput:
+            nonlocal stamps_due
+            stamps = None
+            if stamps_due:
+                stamps_due = False
+                stamps = EngineStamps(
+                    queued=queued, scheduled=scheduled, first_token=time.monotonic()
+                )
             return EngineOutput(
                 text=text,
                 finish_reason=reason,
                 prompt_tokens=len(prompt_ids),
                 completion_tokens=completion,
                 cached_tokens=cached,
+                stamps=stamps,
             )
 
         text_stream = TextStream(state.tokenizer, sampling.stop)

@@ -53,6 +53,7 @@ from actors.engines.base import (
     EngineError,
     EngineOutput,
     EngineRequestError,
+    EngineStamps,
     FinishReason,
     SamplingSpec,
     sampling_spec,
@@ -70,6 +71,7 @@ __all__ = [
     "RANDOM_MODEL_PREFIX",
     "VllmEngine",
     "engine_args",
+    "engine_stamps",
     "finish_reason",
     "random_model_dir",
     "random_model_shape",
@@ -221,6 +223,21 @@ def finish_reason(reason: str | None, stop_reason: object = None) -> FinishReaso
     except KeyError:
         detail = f" ({stop_reason})" if stop_reason is not None else ""
         raise EngineRequestError(f"vLLM finished the request with {reason!r}{detail}") from None
+
+
+def engine_stamps(metrics: object) -> EngineStamps | None:
+    """Our stamps from a ``RequestOutput.metrics`` (vLLM's ``RequestStateStats``).
+
+    The engine core stamps with ``time.monotonic()`` in its own process: the same
+    clock as the actor's. None when vLLM keeps no stats (``disable_log_stats``).
+    """
+    if metrics is None:
+        return None
+    return EngineStamps(
+        queued=float(getattr(metrics, "queued_ts", 0.0) or 0.0),
+        scheduled=float(getattr(metrics, "scheduled_ts", 0.0) or 0.0),
+        first_token=float(getattr(metrics, "first_token_ts", 0.0) or 0.0),
+    )
 
 
 def random_model_shape(model: str) -> str | None:
@@ -401,6 +418,7 @@ class VllmEngine:
         text = TextStream(self.tokenizer, sampling.stop)
         stream = api.llm.generate(api.tokens_input(ids), params, request_id, priority=priority)
         completion_tokens = 0
+        stamps_due = True  # the first output we yield carries the engine's stamps
         finished = False  # vLLM said the request is done
         settled = False  # it failed, or we aborted it: no abort is owed
         try:
@@ -433,12 +451,17 @@ class VllmEngine:
                         await api.llm.abort(request_id)
                     if not delta:
                         continue
+                stamps = None
+                if stamps_due:
+                    stamps_due = False
+                    stamps = engine_stamps(out.metrics)
                 yield EngineOutput(
                     text=delta,
                     finish_reason=reason,
                     prompt_tokens=len(ids),
                     completion_tokens=completion_tokens,
                     cached_tokens=out.num_cached_tokens or 0,
+                    stamps=stamps,
                 )
                 if reason is not None:
                     return

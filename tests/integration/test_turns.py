@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -286,6 +287,8 @@ async def test_actor_metrics_endpoint(nats_server) -> None:
     assert body.startswith("HTTP/1.1 200 OK")
     assert 'yap_actor_turns_total{kind="chat",outcome="completed"} 1.0' in body
     assert 'yap_actor_first_output_seconds_count{kind="chat"} 1.0' in body
+    for stage in ("prompt", "intake", "wait", "prefill", "engine", "first_event"):
+        assert f'yap_actor_stage_seconds_count{{kind="chat",stage="{stage}"}} 1.0' in body
     assert 'yap_actor_token_events_total{kind="chat"} 12.0' in body
     assert "yap_actor_engine_running 0.0" in body
 
@@ -309,3 +312,40 @@ async def test_next_turn_starts_with_the_prewarmed_prefix(nats_server) -> None:
     turn = engine.prompt_ids[-1]
     assert turn[: len(warm)] == warm
     assert len(warm) > len(turn) - 40  # all but the utterance and its markup
+
+
+async def test_done_events_carry_each_legs_stamps_in_order(nats_server, nats_client) -> None:
+    """Each leg's done says where its wait for the first event went: the stamps run
+    from the start reaching the actor to the first event, in order, and between the
+    client's send and the frame it got."""
+    from bus import subjects
+    from bus.codec import Codec
+    from bus.events import Done
+
+    codec = Codec()
+    sub = await nats_client.subscribe(subjects.all_out("done"))
+    await nats_client.flush()
+    config = make_config(nats_server.url)
+    async with run_stack(config) as stack, stack.client() as ws:
+        sent = time.monotonic()
+        await ws.send(start_message("st1"))
+        frames = await read_turn(ws)
+        received = time.monotonic()
+    assert _types(frames)[-1] == "done"
+    dones = [codec.decode_outbound((await sub.next_msg(timeout=5)).data) for _ in range(2)]
+    by_kind = {d.kind: d for d in dones if isinstance(d, Done)}
+    assert set(by_kind) == {"tool", "chat"}
+    for done in by_kind.values():
+        timing = done.timing
+        assert timing is not None
+        stamps = [
+            timing.received,
+            timing.submitted,
+            timing.queued,
+            timing.first_token,
+            timing.first_output,
+            timing.first_event,
+        ]
+        assert sent < stamps[0] and stamps[-1] < received
+        assert stamps == sorted(stamps)
+        assert set(timing.stages()) >= {"prompt", "intake", "prefill", "engine", "first_event"}

@@ -146,10 +146,11 @@ def test_array_like_keeps_trailing_defaults(codec: Codec) -> None:
     """msgspec ignores ``omit_defaults`` on array_like structs (jcrist/msgspec#720): defaults stay.
 
     ``bus/events.py`` says ``omit_defaults`` drops trailing defaults; with array_like it does
-    not, so a Done always carries its three usage counters. Decoders accept both forms.
+    not, so a Done always carries its three usage counters and its (absent) timing.
+    Decoders accept both forms.
     """
     raw = msgspec.msgpack.decode(codec.encode(Done("s", "t", 1, "chat", "stop")))
-    assert raw == ["done", "s", "t", 1, "chat", "stop", 0, 0, 0]
+    assert raw == ["done", "s", "t", 1, "chat", "stop", 0, 0, 0, None]
 
 
 def test_missing_trailing_defaults_decode(codec: Codec) -> None:

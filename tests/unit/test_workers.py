@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from actors.chat import NEXT_WARM_PREFIX, ChatWorker
+from actors.emitter import LegClock
 from actors.engines.fake import FakeEngine
 from actors.engines.transformers_engine import TransformersEngine
 from actors.prompts.chat import build_chat_prompt
-from actors.prompts.hammer import build_tool_prompt
+from actors.prompts.hammer import TAKE_SCREENSHOT_TOOL, build_tool_prompt
 from actors.prompts.persona import compose_persona
 from actors.tool import ToolWorker
 from bus.events import ChatStart, Persona, ToolStart, Warm
@@ -36,6 +37,7 @@ class RecordingEmitter:
         self.toolcalls: list[tuple[str, str]] = []
         self.dones: list[tuple[str, dict[str, int]]] = []
         self.first_token = asyncio.Event()
+        self.clock = LegClock()
 
     async def token(self, text: str) -> None:
         self.tokens.append(text)
@@ -209,6 +211,20 @@ async def test_tool_hands_the_engine_the_text_paths_ids() -> None:
     )
     assert engine.prompt_ids == [engine.tokenizer.encode(expected)]
     assert emit.toolcalls[0][0] == "yes"
+    # Opening warmed the engine with a turn's prompt: its head (instruction, tools)
+    # is the real turn's prefix, so the first turn finds it cached.
+    (warm,) = engine.warmed_ids
+    shared = next(
+        (i for i, (a, b) in enumerate(zip(warm, engine.prompt_ids[0], strict=False)) if a != b),
+        min(len(warm), len(engine.prompt_ids[0])),
+    )
+    assert TAKE_SCREENSHOT_TOOL["name"] in engine.tokenizer.decode(warm[:shared])
+    # The leg's stamps: prompt handed over, then the engine's first output with the
+    # engine's own stamps, in that order.
+    clock = emit.clock
+    assert clock.engine is not None
+    assert 0 < clock.submitted <= clock.engine.queued <= clock.engine.first_token
+    assert clock.engine.first_token <= clock.first_output
     await worker.close()
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from actors.engines.base import SamplingSpec
-from actors.engines.vllm_engine import VllmEngine, _Vllm
+from actors.engines.base import EngineStamps, SamplingSpec
+from actors.engines.vllm_engine import VllmEngine, _Vllm, engine_stamps
 from actors.engines.vocab import MAX_ALLOWED_IDS, sampleable_ids
 from actors.models import ensure_tiny_model
 from configs.schema import ChatConfig
@@ -35,10 +35,20 @@ class _Completion:
 
 
 @dataclasses.dataclass
+class _Stats:
+    """vLLM's ``RequestStateStats``: the engine core's monotonic stamps."""
+
+    queued_ts: float = 10.0
+    scheduled_ts: float = 10.5
+    first_token_ts: float = 11.0
+
+
+@dataclasses.dataclass
 class _Output:
     outputs: list[_Completion]
     finished: bool
     num_cached_tokens: int = 0
+    metrics: _Stats | None = dataclasses.field(default_factory=_Stats)
 
 
 class _Params:
@@ -132,6 +142,19 @@ async def test_hands_vllm_token_ids_and_decodes_the_reply(tokenizer: Any) -> Non
     # vLLM finished the request: its generator ran to its end, nothing was aborted.
     assert llm.aborts == [] and llm.closed_early == []
     assert engine.running() == 0
+
+
+async def test_the_first_output_carries_the_engine_cores_stamps(tokenizer: Any) -> None:
+    """Where the wait for the first token went, as vLLM's stats say: on the first
+    output only, so a turn's stamps are its first token's."""
+    reply = ids(tokenizer, "Sure, give me a second.")
+    script = [_Completion([]), _Completion(reply[:3]), _Completion(reply[3:], "length")]
+    engine = engine_on(FakeLLM(script), tokenizer)
+    outputs = [o async for o in engine.generate([1, 2], SamplingSpec(max_tokens=20), "r1")]
+    assert len(outputs) == 2  # the empty first delta yields nothing
+    assert outputs[0].stamps == EngineStamps(queued=10.0, scheduled=10.5, first_token=11.0)
+    assert outputs[1].stamps is None
+    assert engine_stamps(None) is None  # vLLM with disable_log_stats keeps none
 
 
 async def test_stop_string_ends_the_request_here(tokenizer: Any) -> None:
