@@ -24,7 +24,9 @@ Every turn's chat leg is matched with the ``done`` event its actor published
 (a listener on the bus with a user of its own, ``all_out("done")``), so each row
 knows which chat replica served each session, the replicas' prefix-cache hit rate
 (cached / prompt tokens) and how many sessions changed replica (none should: the
-edge keeps a session on the replica that holds its cache).
+edge keeps a session on the replica that holds its cache). The tool leg's done is
+read too: each leg's stamps (``Done.timing``) give it by stage, with the hops from
+the client's clock (``leg_stages``), and how far apart the burst reached each stamp.
 
 ``--layouts`` runs the multi-GPU comparison (issue 12, ``bench/gpu_layouts.py``):
 the tool and chat replicas placed over the GPUs, layouts measured one after the

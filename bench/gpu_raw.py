@@ -21,8 +21,10 @@ engine: JSON, the edge, NATS, the actors' loops and prompt building.
   ``concurrent`` sends both at once (``concurrent_model_call``).
 
 Figures per scenario and turn, p50/p95 over the sessions: tool decision (submit to
-last tool token), chat TTFT (chat submit to first text), turn TTFT (turn start to
-first chat text: what a caller waits), TPOT, ITL p95, prompt and cached tokens.
+last tool token) and first tool token, chat TTFT (chat submit to first text), turn
+TTFT (turn start to first chat text: what a caller waits), TPOT, ITL p95, prompt and
+cached tokens; and each leg by stage from the engine's stamps (``LegTiming.stages``:
+intake, wait, prefill, return), with how far apart the burst reached each stamp.
 
 ``--backend transformers`` runs the same on the tiny CPU models: a dry run of every
 path (``scripts/gpu/fullstack.sh`` with ``DRY_RUN=1``), not a benchmark.

@@ -10,6 +10,10 @@ issue's turn-2 targets, each marked met or missed:
 * tool decision within 5 ms of raw-2 (same rows);
 * turn-2 TTFT at 16 sessions, concurrent, at most 80 ms (next-turn warming).
 
+Then each leg (tool, chat) of every row by stage, raw 2 beside the full stack: where
+its wait for its first event went (``bus.events.LegTiming``, and the hops to and from
+the actor on the full stack's client clock).
+
 ``--multigpu`` adds the layouts' report (issue 12, ``bench.gpu_fullstack
 --layouts``): per layout, mode, sessions and turn, turns/s, tool decision and turn
 TTFT p50/p95, per-token latency, each chat replica's prefix-cache hit rate (cached /

@@ -103,8 +103,14 @@ def test_fullstack_dry_run_covers_both_calls(tmp_path: Path) -> None:
             # One chat replica during the main runs: every turn seen on the bus there.
             assert _served(first) == _served(second) == {"chat-0"}
             assert first["unmatched"] == 0 and second["turns_per_s"] > 0
+            # Both legs' stamps came through the bus, hops included: every stage is set.
+            for leg in ("tool", "chat"):
+                stages = second[f"{leg}_stages_ms"]
+                assert {"inbound", "prompt", "intake", "prefill", "outbound"} <= set(stages)
+                assert all(value >= 0 for value in stages.values()), stages
     report = (out / "report.md").read_text()
     assert "| tiny-llama3 | concurrent | 1 | 2 |" in report and "Targets (turn 2):" in report
+    assert "| concurrent | 1 | 2 | tool | full |" in report
     # The model switch restarted chat-0 alone, on a config of its own.
     chat0 = tomllib.loads((work / "system" / "config.chat-0.toml").read_text())
     assert chat0["chat"]["model"] == "tiny-llama3"
