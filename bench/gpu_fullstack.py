@@ -355,6 +355,10 @@ async def scenario(
                     row[f"{kind}_stages_ms"] = stages_p50_ms([s for s in stages if s is not None])
                     timings = [leg.timing for leg in legs_of if leg is not None and leg.timing]
                     row[f"{kind}_spread_ms"] = spreads_ms(timings)
+                # The tool prompt's prefix-cache hit, beside raw's tool_cached_tokens.
+                tool_legs = [leg for leg in tools if leg is not None]
+                row["tool_cached_tokens_p50"] = _median([leg.cached_tokens for leg in tool_legs])
+                row["tool_prompt_tokens_p50"] = _median([leg.prompt_tokens for leg in tool_legs])
                 sent = [r.sent_at for r in results]
                 row["sent_spread_ms"] = round((max(sent) - min(sent)) * 1e3, 2)
                 legs = [leg for leg in served if leg is not None]

@@ -104,6 +104,7 @@ def test_fullstack_dry_run_covers_both_calls(tmp_path: Path) -> None:
             assert _served(first) == _served(second) == {"chat-0"}
             assert first["unmatched"] == 0 and second["turns_per_s"] > 0
             # Both legs' stamps came through the bus, hops included: every stage is set.
+            assert 0 < second["tool_cached_tokens_p50"] < second["tool_prompt_tokens_p50"]
             for leg in ("tool", "chat"):
                 stages = second[f"{leg}_stages_ms"]
                 assert {"inbound", "prompt", "intake", "prefill", "outbound"} <= set(stages)
