@@ -51,6 +51,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from actors.emitter import LegClock
 from actors.engines.base import Engine, EngineStamps, SamplingSpec, sampling_spec
 from actors.prompts.chat import ChatPrompts
 from actors.prompts.hammer import ToolPrompts
@@ -149,16 +150,13 @@ def history_of(tokenizer: Any, rng: random.Random, tokens: int) -> str:
 
 def raw_leg(timing: Timing) -> LegTiming:
     """A raw request's stamps as a leg's: its prompt was built before the clock."""
-    engine = timing.stamps or EngineStamps()
-    return LegTiming(
+    clock = LegClock(
         received=timing.submit,
         submitted=timing.submit,
-        queued=engine.queued,
-        scheduled=engine.scheduled,
-        first_token=engine.first_token,
         first_output=timing.first_output,
-        first_event=timing.first,
+        engine=timing.stamps,
     )
+    return clock.timing(timing.first)
 
 
 def stages_p50_ms(legs: Sequence[Mapping[str, float]]) -> dict[str, float]:
