@@ -430,6 +430,10 @@ def system_config(
         data["tool"]["max_out"] = args.tool_out
     if args.chat_frac:
         data["chat"]["gpu_frac"] = args.chat_frac
+    if args.max_num_batched_tokens:
+        # As bench.gpu_raw's flag of the same name: every engine, one step budget.
+        for kind in ("tool", "chat"):
+            data[kind]["max_num_batched_tokens"] = args.max_num_batched_tokens
     # Like bench.gpu_raw, every reply runs its full length whatever random weights
     # sample.
     data["chat"]["sampling"]["ignore_eos"] = True
@@ -810,6 +814,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--history-tokens", type=int, default=1500)
     parser.add_argument("--chat-out", type=int, default=0, help="chat.max_out (0: config's)")
     parser.add_argument("--tool-out", type=int, default=0, help="tool.max_out (0: config's)")
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="tool and chat max_num_batched_tokens (default: the config's)",
+    )
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument(
         "--profile", metavar="DIR", help="py-spy the actors and edges during the main runs"

@@ -27,6 +27,9 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[tuple[str, str], ...]]] = MappingProxyTy
         "SERVER_HISTORY_MAX_CHARS": (("edge", "server_history_max_chars"),),
         "YAP_EDGE_HOST": (("edge", "host"),),
         "YAP_EDGE_PORT": (("edge", "port"),),
+        "YAP_CHAT_ROUTING": (("edge", "chat_routing"),),
+        "YAP_ADMISSION_QUEUE": (("edge", "admission_queue"),),
+        "YAP_ADMISSION_TIMEOUT_S": (("edge", "admission_timeout_s"),),
         "YAP_NATS_URL": (("bus", "url"),),
         # Comma-separated, as NATS tools take a server list.
         "YAP_NATS_SERVERS": (("bus", "servers"),),

@@ -23,7 +23,8 @@
 # Device call: carry [".kit", ".whl"]. Env: SESSIONS (1,16), EXTRA_CHAT_SHAPE (none,
 # e.g. mistral-nemo-12b), EXTRA_SESSIONS (16), TOOL_SHAPE (qwen2.5-1.5b), CHAT_SHAPE
 # (llama-3.1-8b), TURNS (3), THINK_S (0.5), RAW_TOOL_TOKENS (10,2), FULL_TOOL_TOKENS (2), CHAT_FRAC (0.70;
-# 0.35 with MULTIGPU_SMOKE), MULTIGPU_SMOKE (0), MULTIGPU_SESSIONS (16), OUT;
+# 0.35 with MULTIGPU_SMOKE), MULTIGPU_SMOKE (0), MULTIGPU_SESSIONS (16), MAX_BATCHED
+# (unset: vLLM's default; else max_num_batched_tokens of every engine, both sides), OUT;
 # PROFILE=1 samples the actors and edges with py-spy during the main full-stack runs
 # (profile/ in system.tar.gz: raw samples and a by-area summary per slot).
 # DRY_RUN=1 runs every step on the CPU with the tiny models (no bundle, no GPU, small
@@ -50,6 +51,8 @@ source scripts/gpu/prepare.sh || exit 1
 
 extra_args=()
 [[ -n $extra ]] && extra_args=(--extra-chat-model "$extra" --extra-sessions "$EXTRA_SESSIONS")
+# Both sides' engines get the same step budget (vLLM's default for AsyncLLM: 2048).
+[[ -n ${MAX_BATCHED:-} ]] && extra_args+=(--max-num-batched-tokens "$MAX_BATCHED")
 common=(--sessions "$SESSIONS" --turns "$TURNS" --think-s "$THINK_S" "${sizes[@]}" "${extra_args[@]}")
 
 stamp "raw engines"

@@ -77,6 +77,7 @@ def test_fullstack_dry_run_covers_both_calls(tmp_path: Path) -> None:
         "EXTRA_SESSIONS": "1",
         "MULTIGPU_SMOKE": "1",
         "MULTIGPU_SESSIONS": "2",
+        "MAX_BATCHED": "4096",
     }
     # py-spy is optional (the bench extra does not bring it); profile when it is there.
     py_spy = shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").is_file()
@@ -115,6 +116,11 @@ def test_fullstack_dry_run_covers_both_calls(tmp_path: Path) -> None:
     # The model switch restarted chat-0 alone, on a config of its own.
     chat0 = tomllib.loads((work / "system" / "config.chat-0.toml").read_text())
     assert chat0["chat"]["model"] == "tiny-llama3"
+    # MAX_BATCHED reached both sides' engines.
+    assert (
+        chat0["chat"]["max_num_batched_tokens"] == chat0["tool"]["max_num_batched_tokens"] == 4096
+    )
+    assert "--max-num-batched-tokens 4096" in raw["command"]
     edge1 = tomllib.loads((work / "system" / "config.edge-1.toml").read_text())
     edge0 = tomllib.loads((work / "system" / "config.edge-0.toml").read_text())
     assert edge1["models"]["concurrent_model_call"] is True
