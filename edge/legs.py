@@ -104,7 +104,8 @@ class LegClient:
         self.admission = admission
         self._affine = affine
         self._rng = rng or random.Random()
-        self._book = LoadBook()
+        # One per kind: a book keeps only the actors among the beats it is given.
+        self._books: dict[ActorKind, LoadBook] = {"tool": LoadBook(), "chat": LoadBook()}
 
     @property
     def connected(self) -> bool:
@@ -175,11 +176,11 @@ class LegClient:
                 case Accepted(actor_id=actor_id):
                     if actor_id != placed:  # the queue group chose, or the placed one was gone
                         self._unplace(kind, placement)
-                        self._book.placed(actor_id)
+                        self._books[kind].placed(actor_id)
                     return reply
                 case Rejected(code=codes.ACTOR_BUSY, actor_id=actor_id):
                     self._unplace(kind, placement)
-                    self._book.refused(actor_id)
+                    self._books[kind].refused(actor_id)
                     blind_refusal = placed is None
                     self._log.debug("%s actor %s was full; placing the leg again", kind, actor_id)
                     continue
@@ -193,24 +194,25 @@ class LegClient:
 
     def heard(self, heartbeat: Heartbeat) -> None:
         """An actor's heartbeat (after the registry's): its load is known afresh."""
-        self._book.heard(heartbeat.actor_id)
+        self._books[heartbeat.kind].heard(heartbeat.actor_id)
         self.admission.wake(heartbeat.kind)
 
     def leg_ended(self, actor_id: str, kind: ActorKind) -> None:
         """A leg's ``Done`` from ``actor_id``: a place there is free again."""
-        self._book.ended(actor_id)
+        self._books[kind].ended(actor_id)
         self.admission.wake(kind)
 
     def _place(self, kind: ActorKind, home: str | None) -> Placement:
-        loads = self._book.loads(s.heartbeat for s in self._registry.live(kind))
+        book = self._books[kind]
+        loads = book.loads(s.heartbeat for s in self._registry.live(kind))
         placement = pick(loads, home, self._rng)
         if isinstance(placement, ToActor):
-            self._book.placed(placement.actor_id)
+            book.placed(placement.actor_id)
         return placement
 
     def _unplace(self, kind: ActorKind, placement: Placement) -> None:
         if isinstance(placement, ToActor):
-            self._book.ended(placement.actor_id)
+            self._books[kind].ended(placement.actor_id)
             self.admission.wake(kind)
 
     async def warm(self, event: Warm, home: str | None) -> Warmed | LegRefused:

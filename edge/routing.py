@@ -81,11 +81,13 @@ def pick(loads: Sequence[ActorLoad], home: str | None, rng: random.Random) -> Pl
 
 
 class LoadBook:
-    """Each actor's heartbeat load, corrected by what this edge did since that beat.
+    """Each actor's heartbeat load, corrected by what this edge did since that beat;
+    one book per actor kind.
 
     Keyed by actor id; an entry lives from the edge's first act on an actor to that
-    actor's next heartbeat, so the book holds at most the actors heard from lately
-    (an actor that dies leaves its last correction, a few bytes, behind).
+    actor's next heartbeat, or until the actor is no longer live (``loads`` drops
+    it): the book holds at most the live actors. An actor that comes back counts
+    from its next heartbeat, which holds everything this edge did.
     """
 
     def __init__(self) -> None:
@@ -109,7 +111,9 @@ class LoadBook:
         self._refused.add(actor_id)
 
     def loads(self, beats: Iterable[Heartbeat]) -> list[ActorLoad]:
-        return [
+        """The live actors' loads (``beats``: their last heartbeats); the corrections
+        of actors not among them are dropped."""
+        loads = [
             ActorLoad(
                 beat.actor_id,
                 max(0, beat.turns + self._since.get(beat.actor_id, 0)),
@@ -118,3 +122,8 @@ class LoadBook:
             )
             for beat in beats
         ]
+        live = {load.actor_id for load in loads}
+        for gone in self._since.keys() - live:
+            del self._since[gone]
+        self._refused &= live
+        return loads

@@ -94,3 +94,17 @@ def test_book_believes_a_refusal_until_the_next_heartbeat() -> None:
     assert book.loads([_beat("chat-0", 0, limit=0)])[0].full
     book.heard("chat-0")
     assert not book.loads([_beat("chat-0", 0)])[0].full
+
+
+def test_the_book_drops_what_it_knew_of_actors_no_longer_live() -> None:
+    """An actor that left the live set takes its corrections with it, so the book is
+    bounded by the live actors; back, it counts from its heartbeat alone."""
+    book = LoadBook()
+    book.placed("chat-0")
+    book.refused("chat-0")
+    book.placed("chat-1")
+    assert book.loads([_beat("chat-1", 0)]) == [ActorLoad("chat-1", 1, 2)]
+    assert book.loads([_beat("chat-0", 0), _beat("chat-1", 0)]) == [
+        ActorLoad("chat-0", 0, 2),
+        ActorLoad("chat-1", 1, 2),
+    ]
