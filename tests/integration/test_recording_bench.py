@@ -6,37 +6,26 @@ the run's events, and the bus side delivered every token without errors.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+from tests.support.benches import run_module
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 async def test_overhead_with_recording(tmp_path: Path) -> None:
     """A one-level run with --recording reports recording on and an error-free bus side."""
     out = tmp_path / "report.json"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    await run_module(
         "bench.overhead",
         "--recording",
         *("--concurrency", "2", "--duration", "1", "--warmup", "0.3", "--tokens", "16"),
         *("--tput-rates", "", "--both-concurrency", "0", "--retries", "0", "--quiet-wait", "0"),
         *("--json", str(out)),
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await proc.communicate()
-    assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
     report = json.loads(out.read_text())
     assert report["conditions"]["recording"] is True
     (row,) = report["latency"]

@@ -6,25 +6,21 @@ assertions (the machine is shared), only that every turn was served and measured
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.benches import run_module
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
 SESSIONS, TURNS = 2, 3
 
 
 async def test_routing_bench_serves_every_turn_in_both_modes(tmp_path: Path) -> None:
     out = tmp_path / "routing.json"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    text = await run_module(
         "bench.routing",
         "--sessions",
         str(SESSIONS),
@@ -38,14 +34,7 @@ async def test_routing_bench_serves_every_turn_in_both_modes(tmp_path: Path) -> 
         "200",
         "--json",
         str(out),
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await proc.communicate()
-    text = output.decode(errors="replace")
-    assert proc.returncode == 0, text[-3000:]
     assert "affine" in text and "queue" in text  # the printed table
     report = json.loads(out.read_text())
     assert report["conditions"]["chat_replicas"] == 2

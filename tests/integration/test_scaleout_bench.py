@@ -5,26 +5,21 @@ No timing assertions beyond signs and order: the machine is shared.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+from tests.support.benches import run_module
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 async def test_scaleout_smoke(tmp_path: Path) -> None:
     """Four scenarios (1 and 2 replicas, 1 and 3 nodes) serve turns without errors,
     and a SIGKILLed replica serves again after a positive, bounded time."""
     out = tmp_path / "report.json"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    await run_module(
         "bench.scaleout",
         "--sessions",
         "2",
@@ -34,13 +29,7 @@ async def test_scaleout_smoke(tmp_path: Path) -> None:
         "0.2",
         "--json",
         str(out),
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await proc.communicate()
-    assert proc.returncode == 0, output.decode(errors="replace")[-3000:]
     report = json.loads(out.read_text())
     shapes = [(s["name"], s["chat_replicas"], s["nodes"]) for s in report["scenarios"]]
     assert shapes == [
