@@ -40,10 +40,9 @@ class ActorLoad:
 
 @dataclass(frozen=True, slots=True)
 class ToActor:
-    """Place the leg on ``actor_id``; ``home`` when it is the session's own actor."""
+    """Place the leg on ``actor_id``."""
 
     actor_id: str
-    home: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +73,7 @@ def pick(loads: Sequence[ActorLoad], home: str | None, rng: random.Random) -> Pl
     if not free:
         return AllFull()
     if home is not None and any(load.actor_id == home for load in free):
-        return ToActor(home, home=True)
+        return ToActor(home)
     least = min(load.turns for load in free)
     tied = sorted(load.actor_id for load in free if load.turns == least)
     return ToActor(tied[0] if len(tied) == 1 else rng.choice(tied))

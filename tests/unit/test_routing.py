@@ -26,7 +26,7 @@ def rng() -> random.Random:
 def test_home_with_room_wins_over_an_idler_actor(rng: random.Random) -> None:
     """The session's home keeps the leg while it has room, even when another is idle."""
     loads = [_load("chat-0", 0), _load("chat-1", 1)]
-    assert pick(loads, "chat-1", rng) == ToActor("chat-1", home=True)
+    assert pick(loads, "chat-1", rng) == ToActor("chat-1")
 
 
 def test_full_home_falls_back_to_the_least_loaded(rng: random.Random) -> None:
