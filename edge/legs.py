@@ -175,8 +175,10 @@ class LegClient:
             match reply:
                 case Accepted(actor_id=actor_id):
                     if actor_id != placed:  # the queue group chose, or the placed one was gone
-                        self._unplace(kind, placement)
+                        # Counted where it runs before the undo wakes a waiter that
+                        # could otherwise be placed on the same room.
                         self._books[kind].placed(actor_id)
+                        self._unplace(kind, placement)
                     return reply
                 case Rejected(code=codes.ACTOR_BUSY, actor_id=actor_id):
                     self._unplace(kind, placement)
