@@ -290,6 +290,8 @@ class Bench:
     def _row(mode: str, sessions: int, tool_tokens: int, turn: int, records: list) -> dict:
         tools = [r["tool"] for r in records]
         chats = [r["chat"] for r in records]
+        tool_legs = [raw_leg(t) for t in tools]
+        chat_legs = [raw_leg(c) for c in chats]
         return {
             "mode": mode,
             "sessions": sessions,
@@ -298,10 +300,10 @@ class Bench:
             "tool_ms": summary_ms([t.last - t.submit for t in tools]),
             # The full stack decides at the first token that settles it, often the first.
             "tool_first_ms": summary_ms([t.first - t.submit for t in tools]),
-            "tool_stages_ms": stages_p50_ms([raw_leg(t).stages() for t in tools]),
-            "tool_spread_ms": spreads_ms([raw_leg(t) for t in tools]),
-            "chat_stages_ms": stages_p50_ms([raw_leg(c).stages() for c in chats]),
-            "chat_spread_ms": spreads_ms([raw_leg(c) for c in chats]),
+            "tool_stages_ms": stages_p50_ms([leg.stages() for leg in tool_legs]),
+            "tool_spread_ms": spreads_ms(tool_legs),
+            "chat_stages_ms": stages_p50_ms([leg.stages() for leg in chat_legs]),
+            "chat_spread_ms": spreads_ms(chat_legs),
             "chat_ttft_ms": summary_ms([c.first - c.submit for c in chats]),
             "turn_ttft_ms": summary_ms([r["chat"].first - r["start"] for r in records]),
             "tpot_ms": summary_ms(
